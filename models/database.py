@@ -1,0 +1,56 @@
+"""Engines for the outbox database, with the per-dialect settings the claim relies on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+
+from models.errors import ConfigurationError
+
+SUPPORTED_BACKENDS = ("postgresql", "mysql", "mariadb", "sqlite")
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine tuned for the outbox: READ COMMITTED on MariaDB, WAL and write locks on SQLite."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as e:
+        raise ConfigurationError(f"OUTBOX_DATABASE_URL: not a database URL ({e})") from e
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED_BACKENDS:
+        raise ConfigurationError(
+            f"OUTBOX_DATABASE_URL: {backend!r} is not supported; use postgresql+psycopg, "
+            "mysql+pymysql (MariaDB) or sqlite"
+        )
+    options: dict[str, Any] = {"pool_pre_ping": True, **kwargs}
+    if backend in ("mysql", "mariadb"):
+        # REPEATABLE READ takes gap locks that make SKIP LOCKED claims block each other.
+        options.setdefault("isolation_level", "READ COMMITTED")
+    if backend == "sqlite":
+        options.pop("pool_pre_ping")
+        engine = sa.create_engine(url, **options)
+        _make_sqlite_take_write_locks(engine)
+        return engine
+    return sa.create_engine(url, **options)
+
+
+def _make_sqlite_take_write_locks(engine: Engine) -> None:
+    # pysqlite's deferred BEGIN lets two processes read the same due rows and then fail on
+    # upgrade; BEGIN IMMEDIATE takes the single writer lock at once, so claims queue instead.
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,236 @@
+"""Every SQL statement the worker runs on the outbox tables.
+
+All functions take a Connection inside a transaction the caller owns, and `now` from the
+caller, so that one clock decides what is due. Claimed rows carry a claim token: a worker
+whose lease expired cannot mark a row that another worker has claimed since.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import sqlalchemy as sa
+
+from models.tables import (
+    DUE_STATUSES,
+    AttemptEvent,
+    DeliveryAttempt,
+    DispatchControl,
+    OutboxEvent,
+    Status,
+)
+
+events = cast(sa.Table, OutboxEvent.__table__)
+attempts_table = cast(sa.Table, DeliveryAttempt.__table__)
+attempt_events = cast(sa.Table, AttemptEvent.__table__)
+control = cast(sa.Table, DispatchControl.__table__)
+CONTROL_ID = 1
+
+
+@dataclass(frozen=True)
+class ClaimedRow:
+    id: int
+    orderid: str
+    payload: str
+    attempts: int  # including the one this claim starts
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Retry:
+    id: int
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    started_at: dt.datetime
+    duration_ms: int
+    event_count: int
+    http_status: int | None
+    outcome: str
+    error_class: str | None
+    response_excerpt: str | None
+    worker: str | None
+
+
+def _due(now: dt.datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(events.c.status.in_(DUE_STATUSES), events.c.next_attempt_at <= now)
+
+
+def claim_due(
+    conn: sa.Connection, *, limit: int, token: str, now: dt.datetime, lease_until: dt.datetime
+) -> list[ClaimedRow]:
+    """Claim up to `limit` due rows (pending, or in flight with an expired lease) in one go."""
+    pick = (
+        sa.select(events.c.id)
+        .where(_due(now))
+        .order_by(events.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    claim = {
+        "status": Status.IN_FLIGHT.value,
+        "claim_token": token,
+        "lease_expires_at": lease_until,
+        "next_attempt_at": lease_until,
+        "attempts": events.c.attempts + 1,
+        "updated_at": now,
+    }
+    columns = (events.c.id, events.c.orderid, events.c.payload, events.c.attempts,
+               events.c.created_at)
+    if conn.dialect.name in ("mysql", "mariadb"):
+        # MariaDB has no UPDATE ... RETURNING: lock the rows, then update them by id.
+        locked = conn.execute(pick.with_only_columns(*columns)).all()
+        if not locked:
+            return []
+        conn.execute(events.update().where(events.c.id.in_([r.id for r in locked])).values(claim))
+        return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts + 1, r.created_at)
+                for r in locked]
+    rows = conn.execute(
+        events.update().where(events.c.id.in_(pick.scalar_subquery())).values(claim)
+        .returning(*columns)
+    ).all()
+    return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts, r.created_at) for r in rows]
+
+
+def _held(ids: Iterable[int], token: str) -> sa.ColumnElement[bool]:
+    return sa.and_(events.c.id.in_(list(ids)), events.c.claim_token == token,
+                   events.c.status == Status.IN_FLIGHT.value)
+
+
+_RELEASED = {"claim_token": None, "lease_expires_at": None}
+
+
+def renew_lease(
+    conn: sa.Connection, ids: Sequence[int], *, token: str, now: dt.datetime,
+    lease_until: dt.datetime,
+) -> int:
+    """Extend the lease of rows still held; returns how many are still ours."""
+    result = conn.execute(events.update().where(_held(ids, token)).values(
+        lease_expires_at=lease_until, next_attempt_at=lease_until, updated_at=now))
+    return result.rowcount
+
+
+def mark_delivered(
+    conn: sa.Connection, ids: Sequence[int], *, token: str, now: dt.datetime,
+    http_status: int | None,
+) -> int:
+    result = conn.execute(events.update().where(_held(ids, token)).values(
+        status=Status.DELIVERED.value, delivered_at=now, updated_at=now, last_error=None,
+        last_http_status=http_status, **_RELEASED))
+    return result.rowcount
+
+
+def schedule_retries(
+    conn: sa.Connection, retries: Sequence[Retry], *, token: str, now: dt.datetime,
+    error: str, http_status: int | None,
+) -> None:
+    if not retries:
+        return
+    stmt = (
+        events.update()
+        .where(events.c.id == sa.bindparam("row_id"), events.c.claim_token == token,
+               events.c.status == Status.IN_FLIGHT.value)
+        .values(status=Status.PENDING.value, next_attempt_at=sa.bindparam("at"),
+                last_error=error, last_http_status=http_status, updated_at=now, **_RELEASED)
+    )
+    conn.execute(stmt, [{"row_id": r.id, "at": r.at} for r in retries])
+
+
+def mark_failed(
+    conn: sa.Connection, ids: Sequence[int], *, token: str, now: dt.datetime, error: str,
+    http_status: int | None,
+) -> None:
+    """Park rows as failed: they stay, with the reason, until an operator acts."""
+    if ids:
+        conn.execute(events.update().where(_held(ids, token)).values(
+            status=Status.FAILED.value, last_error=error, last_http_status=http_status,
+            updated_at=now, **_RELEASED))
+
+
+def release(
+    conn: sa.Connection, ids: Sequence[int], *, token: str, now: dt.datetime,
+    not_before: dt.datetime, note: str | None = None,
+) -> None:
+    """Hand rows back without counting an attempt (auth pause, rate limit, shutdown)."""
+    if ids:
+        values: dict[str, object] = {
+            "status": Status.PENDING.value, "next_attempt_at": not_before,
+            "attempts": events.c.attempts - 1, "updated_at": now, **_RELEASED,
+        }
+        if note is not None:
+            values["last_error"] = note
+        conn.execute(events.update().where(_held(ids, token)).values(values))
+
+
+def record_attempt(
+    conn: sa.Connection, record: AttemptRecord, rows: Sequence[ClaimedRow]
+) -> int:
+    attempt_id = conn.execute(
+        attempts_table.insert().values(
+            started_at=record.started_at, duration_ms=record.duration_ms,
+            event_count=record.event_count, http_status=record.http_status,
+            outcome=record.outcome, error_class=record.error_class,
+            response_excerpt=record.response_excerpt, worker=record.worker,
+        ).returning(attempts_table.c.id)
+    ).scalar_one()
+    conn.execute(attempt_events.insert(), [
+        {"attempt_id": attempt_id, "outbox_event_id": r.id, "attempt_number": r.attempts}
+        for r in rows
+    ])
+    return int(attempt_id)
+
+
+def any_due(conn: sa.Connection, now: dt.datetime) -> bool:
+    return conn.execute(sa.select(events.c.id).where(_due(now)).limit(1)).first() is not None
+
+
+# --- the shared dispatch control row -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Control:
+    paused_reason: str | None
+    paused_since: dt.datetime | None
+    next_auth_check_at: dt.datetime | None
+    not_before: dt.datetime | None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_reason is not None
+
+
+def read_control(conn: sa.Connection) -> Control:
+    row = conn.execute(sa.select(control).where(control.c.id == CONTROL_ID)).first()
+    if row is None:
+        return Control(None, None, None, None)
+    return Control(row.paused_reason, row.paused_since, row.next_auth_check_at, row.not_before)
+
+
+def _write_control(conn: sa.Connection, now: dt.datetime, **values: object) -> None:
+    updated = conn.execute(control.update().where(control.c.id == CONTROL_ID)
+                           .values(updated_at=now, **values)).rowcount
+    if not updated:
+        conn.execute(control.insert().values(id=CONTROL_ID, updated_at=now, **values))
+
+
+def pause(conn: sa.Connection, *, reason: str, now: dt.datetime, check_at: dt.datetime) -> None:
+    current = read_control(conn)
+    _write_control(conn, now, paused_reason=reason, next_auth_check_at=check_at,
+                   paused_since=current.paused_since if current.paused else now)
+
+
+def schedule_auth_check(conn: sa.Connection, *, now: dt.datetime, check_at: dt.datetime) -> None:
+    _write_control(conn, now, next_auth_check_at=check_at)
+
+
+def resume(conn: sa.Connection, *, now: dt.datetime) -> None:
+    _write_control(conn, now, paused_reason=None, paused_since=None, next_auth_check_at=None)
+
+
+def hold_until(conn: sa.Connection, *, now: dt.datetime, not_before: dt.datetime) -> None:
+    """No request to Spotler before `not_before` (a 429's Retry-After), from any worker."""
+    _write_control(conn, now, not_before=not_before)

@@ -1,0 +1,375 @@
+"""Validation of a Purchase event in Spotler's JSON shape: pure functions, no I/O.
+
+Everything Spotler would reject later is refused here, so the order system hears of it while
+the customer is still on the page. Every problem is reported at once, each with its field path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from models.currencies import ISO_4217
+from models.errors import InvalidEvent
+
+MAX_ORDERID_LENGTH = 128
+MAX_TEXT_LENGTH = 1024
+MAX_PRODUCTS = 1000
+MAX_PAYLOAD_BYTES = 100_000
+MAX_QUANTITY = 1_000_000
+
+TEXT_FIELDS = ("firstname", "lastname", "phone", "postcode", "city")
+CONSENT_FIELDS = ("newsletter", "service", "marketing")
+KNOWN_FIELDS = frozenset(
+    {"event", "email", "orderid", "products", "currency", "userid", "gender", "birthdate",
+     "country", "totalvalue", "timestamp", *TEXT_FIELDS, *CONSENT_FIELDS}
+)
+PRODUCT_FIELDS = frozenset({"id", "quantity", "language", "name", "price", "category_ids"})
+
+_EMAIL = re.compile(r"^[^@\s\"(),:;<>\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_LANGUAGE = re.compile(r"^([A-Za-z]{2})[-_]([A-Za-z]{2})$")
+_CUSTOM = re.compile(r"^custom_[A-Za-z0-9_]+$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Spotler reads a datetime without an offset as CET: only explicit offsets (or Z) pass.
+_DATETIME = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:?\d{2})$"
+)
+# Epoch seconds from 2000 to 2100: anything else is milliseconds or a mistake.
+_EPOCH_MIN, _EPOCH_MAX = 946_684_800, 4_102_444_800
+
+
+def validate_purchase(
+    event: Any, *, multi_currency: bool = False, multi_language: bool = False,
+    hash_email: bool = False,
+) -> dict[str, Any]:
+    """Return the event exactly as it will be sent, or raise InvalidEvent naming every problem."""
+    problems: list[str] = []
+    if not isinstance(event, Mapping):
+        raise InvalidEvent([f"event: must be a JSON object, got {_kind(event)}"])
+    out: dict[str, Any] = {}
+    for key, value in event.items():
+        if not isinstance(key, str):
+            problems.append(f"{key!r}: field names must be strings")
+            continue
+        checker = _FIELD_CHECKS.get(key)
+        if checker is not None:
+            checker(key, value, out, problems)
+        elif _CUSTOM.match(key):
+            _check_custom(key, value, out, problems)
+        else:
+            problems.append(_unknown_field(key, KNOWN_FIELDS))
+    out.setdefault("event", "Purchase")
+    for required in ("email", "orderid", "products"):
+        if required not in event:
+            problems.append(f"{required}: is required")
+    if multi_currency and "currency" not in event:
+        problems.append("currency: is required when SPOTLER_MULTI_CURRENCY is on")
+    if multi_language and isinstance(out.get("products"), list):
+        for i, product in enumerate(out["products"]):
+            if isinstance(product, dict) and "language" not in product:
+                problems.append(
+                    f"products[{i}].language: is required when SPOTLER_MULTI_LANGUAGE is on"
+                )
+    if not problems:
+        if hash_email and not _SHA256.match(out["email"]):
+            out["email"] = hash_email_address(out["email"])
+        size = len(canonical_json(out).encode("utf-8"))
+        if size > MAX_PAYLOAD_BYTES:
+            problems.append(f"event: is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit")
+    if problems:
+        raise InvalidEvent(problems)
+    # Keep "event" first: the order a human reading the table expects.
+    return {"event": out.pop("event"), **out}
+
+
+def canonical_json(payload: Mapping[str, Any]) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def hash_email_address(address: str) -> str:
+    return hashlib.sha256(address.strip().lower().encode("utf-8")).hexdigest()
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"string {_preview(value)}"
+    if isinstance(value, int | float):
+        return f"number {value!r}"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return type(value).__name__
+
+
+def _preview(text: str, limit: int = 40) -> str:
+    shown = text if len(text) <= limit else text[:limit] + "..."
+    return json.dumps(shown, ensure_ascii=True)
+
+
+def _unknown_field(key: str, known: frozenset[str]) -> str:
+    guess = difflib.get_close_matches(key.lower(), sorted(known), n=1, cutoff=0.75)
+    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    return f"{_preview(key)[1:-1]}: unknown field{hint}; custom fields are named custom_<name>"
+
+
+def _text_problem(value: Any, limit: int = MAX_TEXT_LENGTH) -> str | None:
+    """Why a string cannot be stored and sent as it is, or None."""
+    if not isinstance(value, str):
+        return f"must be a string, got {_kind(value)}"
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > limit:
+        return f"must be at most {limit} characters, got {len(value)}"
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (it holds a lone surrogate)"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_event(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if value != "Purchase":
+        problems.append(f"event: must be \"Purchase\", got {_kind(value)}")
+    else:
+        out[key] = value
+
+
+def _check_email(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    problem = _text_problem(value, 254)
+    if problem is None:
+        address = value.strip()
+        if _SHA256.match(address):
+            out[key] = address.lower()
+            return
+        if _EMAIL.match(address):
+            out[key] = address
+            return
+        problem = f"must be an e-mail address or its SHA-256 in hex, got {_preview(value)}"
+    problems.append(f"{key}: {problem}")
+
+
+def _check_orderid(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    problem = _text_problem(value, MAX_ORDERID_LENGTH)
+    if problem is None and value != value.strip():
+        problem = "must not start or end with white space"
+    if problem is None:
+        out[key] = value
+    else:
+        problems.append(f"{key}: {problem}")
+
+
+def _check_userid(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    _check_text(key, value, out, problems)
+
+
+def _check_text(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    problem = _text_problem(value)
+    if problem is None:
+        out[key] = value
+    else:
+        problems.append(f"{key}: {problem}")
+
+
+def _check_amount(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if not _is_number(value) or value < 0:
+        problems.append(f"{key}: must be a non-negative number, got {_kind(value)}")
+    else:
+        out[key] = value
+
+
+def _check_currency(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if isinstance(value, str) and value.upper() in ISO_4217:
+        out[key] = value.upper()
+    else:
+        problems.append(f"{key}: must be an ISO 4217 code such as \"EUR\", got {_kind(value)}")
+
+
+def _check_country(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z]{2}", value):
+        out[key] = value.upper()
+    else:
+        problems.append(f"{key}: must be an ISO 3166-1 alpha-2 code such as \"NL\", "
+                        f"got {_kind(value)}")
+
+
+def _check_gender(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if value in ("M", "F", "U"):
+        out[key] = value
+    else:
+        problems.append(f"{key}: must be \"M\", \"F\" or \"U\", got {_kind(value)}")
+
+
+def _check_consent(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if value in ("yes", "no"):
+        out[key] = value
+    else:
+        problems.append(f"{key}: must be \"yes\" or \"no\" (leave it out when unknown), "
+                        f"got {_kind(value)}")
+
+
+def _check_birthdate(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if isinstance(value, str) and _DATE.match(value):
+        try:
+            dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            out[key] = value
+            return
+    problems.append(f"{key}: must be a date YYYY-MM-DD, got {_kind(value)}")
+
+
+def _check_timestamp(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if _EPOCH_MIN <= value <= _EPOCH_MAX:
+            out[key] = value
+            return
+        problems.append(f"{key}: epoch seconds must lie between 2000 and 2100, got {value} "
+                        "(milliseconds?)")
+        return
+    if isinstance(value, str) and _DATETIME.match(value):
+        try:
+            dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            out[key] = value
+            return
+    problems.append(f"{key}: must be epoch seconds or an ISO 8601 datetime with its timezone "
+                    f"(e.g. 2026-11-27T10:00:00+01:00), got {_kind(value)}")
+
+
+def _check_custom(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    scalars_ok = value is None or isinstance(value, bool) or _is_number(value)
+    if scalars_ok:
+        out[key] = value
+        return
+    if isinstance(value, str):
+        problem = _text_problem(value) if value else None
+        if problem is None:
+            out[key] = value
+        else:
+            problems.append(f"{key}: {problem}")
+        return
+    problems.append(f"{key}: must be a string, number, boolean or null, got {_kind(value)}")
+
+
+def _check_products(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if not isinstance(value, list | tuple):
+        problems.append(f"products: must be a non-empty array, got {_kind(value)}")
+        return
+    if not value:
+        problems.append("products: must hold at least one product")
+        return
+    if len(value) > MAX_PRODUCTS:
+        problems.append(f"products: at most {MAX_PRODUCTS} products, got {len(value)}")
+        return
+    checked = []
+    for i, product in enumerate(value):
+        checked.append(_check_product(f"products[{i}]", product, problems))
+    out[key] = checked
+
+
+def _check_product(path: str, product: Any, problems: list[str]) -> dict[str, Any]:
+    if not isinstance(product, Mapping):
+        problems.append(f"{path}: must be an object, got {_kind(product)}")
+        return {}
+    out: dict[str, Any] = {}
+    for name, value in product.items():
+        field = f"{path}.{name}"
+        if name == "id":
+            sku = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+            problem = _text_problem(sku, 255)
+            if problem is None:
+                out[name] = sku
+            else:
+                problems.append(f"{field}: {problem}")
+        elif name == "quantity":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            if ok and 0 < value <= MAX_QUANTITY:
+                out[name] = value
+            else:
+                problems.append(f"{field}: must be a positive integer, got {_kind(value)}")
+        elif name == "language":
+            match = _LANGUAGE.match(value) if isinstance(value, str) else None
+            if match:
+                # nl_NL and nl-nl are read as nl-NL: the shop's locale string, normalised.
+                out[name] = f"{match.group(1).lower()}-{match.group(2).upper()}"
+            else:
+                problems.append(f"{field}: must be a language-country code such as \"nl-NL\", "
+                                f"got {_kind(value)}")
+        elif name == "price":
+            _check_amount(field, value, out, problems)
+            if field in out:
+                out[name] = out.pop(field)
+        elif name == "name":
+            problem = _text_problem(value)
+            if problem is None:
+                out[name] = value
+            else:
+                problems.append(f"{field}: {problem}")
+        elif name == "category_ids":
+            _check_category_ids(field, value, out, problems)
+        elif isinstance(name, str):
+            problems.append(f"{path}.{_unknown_field(name, PRODUCT_FIELDS)}")
+        else:
+            problems.append(f"{path}.{name!r}: field names must be strings")
+    for required in ("id", "quantity"):
+        if required not in product:
+            problems.append(f"{path}.{required}: is required")
+    return out
+
+
+def _check_category_ids(field: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if not isinstance(value, list | tuple):
+        problems.append(f"{field}: must be an array of strings, got {_kind(value)}")
+        return
+    ids = []
+    for i, item in enumerate(value):
+        item = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
+        problem = _text_problem(item, 255)
+        if problem is None:
+            ids.append(item)
+        else:
+            problems.append(f"{field}[{i}]: {problem}")
+    out["category_ids"] = ids
+
+
+_FIELD_CHECKS = {
+    "event": _check_event,
+    "email": _check_email,
+    "orderid": _check_orderid,
+    "userid": _check_userid,
+    "products": _check_products,
+    "currency": _check_currency,
+    "country": _check_country,
+    "gender": _check_gender,
+    "birthdate": _check_birthdate,
+    "timestamp": _check_timestamp,
+    "totalvalue": _check_amount,
+    **dict.fromkeys(TEXT_FIELDS, _check_text),
+    **dict.fromkeys(CONSENT_FIELDS, _check_consent),
+}

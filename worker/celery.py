@@ -1,0 +1,70 @@
+"""The Celery application: `celery -A worker worker` and `celery -A worker beat` find `app` here.
+
+Configuration is read from the settings only when Celery first needs it, never at import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+app = Celery("spotler_outbox", include=["worker.tasks"])
+
+
+class _LazyConfig:
+    """Celery reads attributes from this object the first time `app.conf` is touched."""
+
+    def __getattr__(self, name: str) -> Any:
+        config = celery_config()
+        if name in config:
+            return config[name]
+        raise AttributeError(name)
+
+    def __dir__(self) -> list[str]:
+        return list(celery_config())
+
+
+def celery_config() -> dict[str, Any]:
+    from models.settings import get_settings
+
+    settings = get_settings()
+    lease = settings.lease_seconds
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        # A task is only a wake-up; the row is the truth. Acking late and re-queueing on a lost
+        # worker means a crash never loses the wake-up, and running one twice costs a claim
+        # that finds nothing.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message at a time per process: a prefetched wake-up would wait behind a long
+        # dispatch while another process sits idle.
+        "worker_prefetch_multiplier": 1,
+        # Redis re-delivers an unacked message after the visibility timeout; keep it far above
+        # the longest claim, so a slow dispatch is not run twice in parallel by redelivery.
+        "broker_transport_options": {"visibility_timeout": max(3600, int(lease * 10))},
+        "task_ignore_result": True,
+        "task_store_errors_even_if_ignored": False,
+        # A dispatch stops starting new batches after its budget; the hard limit only catches
+        # a hang, and sits below the lease so a killed task's rows are not yet claimable.
+        "task_soft_time_limit": settings.dispatch_time_budget + lease / 2,
+        "task_time_limit": settings.dispatch_time_budget + lease * 0.75,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "beat_schedule": {
+            "sweep": {
+                "task": "spotler_outbox.sweep",
+                "schedule": settings.sweep_interval,
+                # A sweep that waited longer than its interval is superseded by the next one.
+                "options": {"expires": max(settings.sweep_interval, 1.0)},
+            },
+        },
+        "beat_max_loop_interval": max(1.0, settings.sweep_interval),
+        "timezone": "UTC",
+    }
+
+
+app.config_from_object(_LazyConfig())

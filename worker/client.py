@@ -1,0 +1,172 @@
+"""The Spotler Activate HTTP client: the only module that imports requests.
+
+Every outcome of a request is mapped to one class in `classify`, in one place.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from models.errors import (
+    AuthFailed,
+    ConfigurationError,
+    PartialFailure,
+    RateLimited,
+    Rejected,
+    RetryableError,
+)
+from models.settings import Settings
+from models.validation import canonical_json
+
+VERSION = "0.1.0"
+USER_AGENT = f"spotler-outbox/{VERSION} (+back-end Purchase events)"
+EXCERPT_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class Accepted:
+    http_status: int
+    excerpt: str
+
+
+def check_api_url(url: str) -> str:
+    """https anywhere; plain http only to this machine, so TLS can never be switched off."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url.rstrip("/")
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return url.rstrip("/")
+    raise ConfigurationError(
+        f"SPOTLER_API_URL: must be https:// (plain http:// only for loopback), got {url!r}"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def excerpt(text: str) -> str:
+    return text if len(text) <= EXCERPT_LIMIT else text[:EXCERPT_LIMIT] + "..."
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def classify(
+    status: int, body: str, headers: Mapping[str, str], sent: int
+) -> Accepted:
+    """Map one HTTP answer to Accepted, or raise the DeliveryError subclass that says what to do."""
+    short = excerpt(body)
+    if status in (401, 403):
+        raise AuthFailed(f"Spotler refused the credentials (HTTP {status})",
+                         http_status=status, excerpt=short)
+    if status == 429:
+        raise RateLimited("Spotler is rate limiting (HTTP 429)", http_status=status,
+                          excerpt=short, retry_after=parse_retry_after(headers.get("Retry-After")))
+    if status == 408 or status >= 500:
+        raise RetryableError(f"Spotler answered HTTP {status}", http_status=status, excerpt=short,
+                             retry_after=parse_retry_after(headers.get("Retry-After")))
+    if 400 <= status < 500:
+        raise Rejected(f"Spotler rejected the request (HTTP {status}): {short}",
+                       http_status=status, excerpt=short)
+    if not 200 <= status < 300:
+        raise RetryableError(f"unexpected HTTP {status}", http_status=status, excerpt=short)
+    problem = _partial_problem(body, sent)
+    if problem:
+        raise PartialFailure(f"Spotler answered HTTP {status} but {problem}",
+                             http_status=status, excerpt=short)
+    return Accepted(status, short)
+
+
+def _partial_problem(body: str, sent: int) -> str | None:
+    """Why a 2xx body says not every event was taken, or None. A non-JSON body is success."""
+    try:
+        answer = json.loads(body) if body.strip() else None
+    except ValueError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    if answer.get("success") is False:
+        return "said success: false"
+    if answer.get("errors"):
+        return "reported errors"
+    counts = [answer[k] for k in ("created", "updated") if isinstance(answer.get(k), int)]
+    if counts and sum(counts) < sent:
+        return f"counted {sum(counts)} of {sent} events"
+    return None
+
+
+class SpotlerClient:
+    """A keep-alive session to one Spotler account. The API key lives only in its headers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.base_url = check_api_url(settings.api_url)
+        if not settings.account or not settings.api_key:
+            raise ConfigurationError("SPOTLER_ACCOUNT and SPOTLER_API_KEY must both be set")
+        self.timeout = (settings.connect_timeout, settings.read_timeout)
+        self.session = requests.Session()
+        self.session.trust_env = False  # a proxy from the environment must not see the key
+        self.session.verify = True
+        self.session.headers.update({
+            "X-AUTH-ACCOUNT": settings.account,
+            "X-AUTH-APIKEY": settings.api_key,
+            "User-Agent": USER_AGENT,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        })
+
+    def track(self, events: Sequence[Mapping[str, Any]]) -> Accepted:
+        body = '{"events":[' + ",".join(canonical_json(e) for e in events) + "]}"
+        status, text, headers = self._post("/v1/track", body.encode("utf-8"))
+        return classify(status, text, headers, len(events))
+
+    def verify_auth(self) -> Accepted:
+        status, text, headers = self._post("/v1/verifyAuth?channel=2", b"{}")
+        accepted = classify(status, text, headers, 0)
+        try:
+            verified = json.loads(text).get("verified") is True
+        except (ValueError, AttributeError):
+            verified = False
+        if not verified:
+            raise AuthFailed("Spotler did not verify the credentials", http_status=status,
+                             excerpt=accepted.excerpt)
+        return accepted
+
+    def _post(self, path: str, body: bytes) -> tuple[int, str, Mapping[str, str]]:
+        try:
+            response = self.session.post(self.base_url + path, data=body, timeout=self.timeout)
+        except requests.Timeout as e:
+            raise RetryableError(f"timed out talking to Spotler ({type(e).__name__})") from e
+        except requests.ConnectionError as e:
+            raise RetryableError(f"could not connect to Spotler ({type(e).__name__})") from e
+        except requests.RequestException as e:
+            raise RetryableError(f"request to Spotler failed ({type(e).__name__})") from e
+        return response.status_code, response.text, response.headers
+
+    def close(self) -> None:
+        self.session.close()

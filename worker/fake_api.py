@@ -1,0 +1,466 @@
+"""A fake Spotler Activate API on loopback, for the tests, the demo and the benchmarks.
+
+It answers POST /v1/track and POST /v1/verifyAuth as Spotler does, validates every event with the
+project's own validator, records what it accepted, and injects the faults in `Faults` on demand.
+Admin endpoints under /_fake/ let a test or an operator read the record and change the faults.
+Standard library only: the server must not share code paths with the real client it tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import json
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any, NamedTuple, cast
+from urllib.parse import parse_qs
+
+from models.errors import InvalidEvent
+from models.validation import validate_purchase
+from worker.fake_api_faults import ActiveFaults, Faults, Reply
+
+__all__ = ["FakeSpotler", "Faults", "Reply", "RunningFakeApi", "run_fake_api", "start_fake_api"]
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class FakeSpotler:
+    """The fake's state: credentials, faults and the record, behind one lock for handler threads."""
+
+    def __init__(
+        self, account: str = "demo-account", api_key: str = "demo-key",
+        faults: Faults | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._account = self._api_key = ""
+        self._active = ActiveFaults(faults or Faults())
+        self._counts: dict[str, int] = {}
+        self._payloads: dict[str, list[Any]] = {}
+        self._log: list[dict[str, Any]] = []
+        self._total_events = 0
+        self.set_credentials(account, api_key)
+
+    def __repr__(self) -> str:
+        # Deliberately without the API key: reprs end up in logs and assertion messages.
+        return f"FakeSpotler(account={self._account!r}, events={self._total_events})"
+
+    def set_credentials(self, account: str, api_key: str) -> None:
+        if not (isinstance(account, str) and account and isinstance(api_key, str) and api_key):
+            raise ValueError("account and api_key must be non-empty strings")
+        with self._lock:
+            self._account, self._api_key = account, api_key
+
+    @property
+    def faults(self) -> Faults:
+        with self._lock:
+            return self._active.faults.copy()
+
+    def set_faults(self, faults: Faults) -> None:
+        """Replace every fault; a rate limit runs from now."""
+        active = ActiveFaults(faults)
+        with self._lock:
+            self._active = active
+
+    def reset(self) -> None:
+        """Forget every request and every fault; the credentials stay."""
+        with self._lock:
+            self._counts.clear()
+            self._payloads.clear()
+            self._log.clear()
+            self._total_events = 0
+            self._active = ActiveFaults(Faults())
+
+    def received(self) -> dict[str, Any]:
+        """Events accepted, track requests received (whatever their answer), count per orderid."""
+        with self._lock:
+            return {"total_events": self._total_events, "requests": len(self._log),
+                    "orderids": dict(self._counts)}
+
+    def events_for(self, orderid: str) -> list[Any]:
+        """The accepted payloads for `orderid`, as they arrived, oldest first."""
+        with self._lock:
+            return list(self._payloads.get(orderid, ()))
+
+    def request_log(self) -> list[dict[str, Any]]:
+        """Per track request: {"at": epoch seconds, "status": int, "events": events in it}."""
+        with self._lock:
+            return [dict(entry) for entry in self._log]
+
+    def verify_auth(self, account: str | None, api_key: str | None) -> Reply:
+        with self._lock:
+            ok = not self._active.faults.auth_failure and self._credentials_ok(account, api_key)
+        return Reply(200 if ok else 401, {"verified": ok})
+
+    def track(
+        self, account: str | None, api_key: str | None, body: bytes,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> Reply:
+        """Answer one POST /v1/track, applying the faults in their documented order."""
+        # Parsed up front so every log entry can count the events, even of a refused request.
+        events, shape_problem = _parse_events(body)
+        count = len(events)
+        with self._lock:
+            refusal = self._active.refusal(credentials_ok=self._credentials_ok(account, api_key))
+            if refusal is not None:
+                return self._logged(refusal, count)
+            delay = self._active.delay()
+        if delay > 0:
+            # Outside the lock: one slow request must not stall the other connections.
+            sleep(delay)
+        with self._lock:
+            active = self._active
+            failure = active.failure()
+            if failure is not None:
+                return self._logged(failure, count)
+            rejections = active.rejections(events)
+            kept = active.accepted(count)
+        if shape_problem is not None:
+            return self._finish(Reply(400, {"success": False, "errors": [shape_problem]}), count)
+        orderids, errors = _validate(events) if not rejections else ([], rejections)
+        if errors:
+            return self._finish(Reply(400, {"success": False, "errors": errors}), count)
+        with self._lock:
+            for orderid, payload in zip(orderids[:kept], events[:kept], strict=True):
+                self._counts[orderid] = self._counts.get(orderid, 0) + 1
+                self._payloads.setdefault(orderid, []).append(payload)
+            self._total_events += kept
+            return self._logged(
+                Reply(200, {"success": True, "created": kept, "updated": 0, "errors": []}), count
+            )
+
+    def _credentials_ok(self, account: str | None, api_key: str | None) -> bool:
+        # compare_digest so that even the fake does not teach a timing side channel by example.
+        return (
+            account is not None and api_key is not None
+            and hmac.compare_digest(account.encode(), self._account.encode())
+            and hmac.compare_digest(api_key.encode(), self._api_key.encode())
+        )
+
+    def _logged(self, reply: Reply, count: int) -> Reply:
+        """Append to the request log; the caller holds the lock."""
+        self._log.append({"at": time.time(), "status": reply.status, "events": count})
+        return reply
+
+    def _finish(self, reply: Reply, count: int) -> Reply:
+        with self._lock:
+            return self._logged(reply, count)
+
+
+def _parse_events(body: bytes) -> tuple[list[Any], str | None]:
+    """The events of a track body, or a problem; both shapes seen in the wild are accepted."""
+    if not body.strip():
+        return [], "the body is empty; expected a JSON object"
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return [], f"the body is not valid JSON: {exc}"
+    if not isinstance(doc, dict):
+        return [], f"the body must be a JSON object, got {type(doc).__name__}"
+    if "events" not in doc:
+        return [doc], None
+    events = doc["events"]
+    if not isinstance(events, list):
+        return [], '"events" must be an array of events'
+    if not events:
+        return [], '"events" must hold at least one event'
+    return events, None
+
+
+def _validate(events: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    orderids: list[str] = []
+    errors: list[dict[str, Any]] = []
+    for index, event in enumerate(events):
+        try:
+            orderids.append(validate_purchase(event)["orderid"])
+        except InvalidEvent as exc:
+            orderid = event.get("orderid") if isinstance(event, dict) else None
+            errors.append({"index": index, "orderid": orderid, "problems": exc.problems})
+    return orderids, errors
+
+
+class _Request(NamedTuple):
+    headers: Message
+    query: dict[str, str]
+    body: bytes
+    sleep: Callable[[float], object]
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body) if body.strip() else {}
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ValueError(f"the body must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _set_faults(state: FakeSpotler, request: _Request) -> Reply:
+    faults = Faults.from_dict(_json_object(request.body))
+    state.set_faults(faults)
+    return Reply(200, faults.to_dict())
+
+
+def _set_credentials(state: FakeSpotler, request: _Request) -> Reply:
+    doc = _json_object(request.body)
+    if set(doc) != {"account", "api_key"}:
+        raise ValueError('the body must be {"account": ..., "api_key": ...} and nothing else')
+    state.set_credentials(doc["account"], doc["api_key"])
+    return Reply(200, {"account": doc["account"]})
+
+
+def _events(state: FakeSpotler, request: _Request) -> Reply:
+    if "orderid" not in request.query:
+        raise ValueError("the orderid query parameter is required")
+    return Reply(200, state.events_for(request.query["orderid"]))
+
+
+def _reset(state: FakeSpotler, request: _Request) -> Reply:
+    state.reset()
+    return Reply(200, {"reset": True})
+
+
+def _track(state: FakeSpotler, request: _Request) -> Reply:
+    headers = request.headers
+    return state.track(headers.get("X-AUTH-ACCOUNT"), headers.get("X-AUTH-APIKEY"),
+                       request.body, request.sleep)
+
+
+def _verify_auth(state: FakeSpotler, request: _Request) -> Reply:
+    return state.verify_auth(request.headers.get("X-AUTH-ACCOUNT"),
+                             request.headers.get("X-AUTH-APIKEY"))
+
+
+_Route = Callable[[FakeSpotler, _Request], Reply]
+_ROUTES: dict[str, dict[str, _Route]] = {
+    "/v1/track": {"POST": _track},
+    "/v1/verifyAuth": {"POST": _verify_auth},
+    "/_fake/received": {"GET": lambda state, _: Reply(200, state.received())},
+    "/_fake/events": {"GET": _events},
+    "/_fake/requests": {"GET": lambda state, _: Reply(200, state.request_log())},
+    "/_fake/faults": {"GET": lambda state, _: Reply(200, state.faults.to_dict()),
+                      "POST": _set_faults},
+    "/_fake/credentials": {"POST": _set_credentials},
+    "/_fake/reset": {"POST": _reset},
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the real client's Session expects
+    # Without TCP_NODELAY the header and body writes meet the client's delayed ACK: 40 ms a request.
+    disable_nagle_algorithm = True
+    server_version = "FakeSpotler/1.0"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: a line per request would swamp the benchmarks and could carry secrets."""
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        server = cast(_Server, self.server)
+        body = self._read_body()
+        if body is None:
+            return
+        path, _, query = self.path.partition("?")
+        methods = _ROUTES.get(path.rstrip("/") or "/")
+        if methods is None:
+            self._send(Reply(404, {"error": f"no such endpoint: {method} {path}"}))
+            return
+        route = methods.get(method)
+        if route is None:
+            allowed = ", ".join(methods)
+            self._send(Reply(405, {"error": f"{path} answers {allowed}"}, {"Allow": allowed}))
+            return
+        params = {k: v[0] for k, v in parse_qs(query).items()} if query else {}
+        try:
+            reply = route(server.state, _Request(self.headers, params, body, server.stopping.wait))
+        except ValueError as exc:
+            reply = Reply(400, {"error": str(exc)})
+        except Exception as exc:  # a bug in the fake must not pass for a Spotler outage silently
+            traceback.print_exc()
+            reply = Reply(500, {"error": f"internal error in the fake API: {type(exc).__name__}"})
+        self._send(reply)
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None once an error has been answered and the connection closed."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._refuse(411, "send a Content-Length; chunked bodies are not supported")
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            return b""
+        try:
+            length = int(raw)
+        except ValueError:
+            length = -1
+        if length < 0:
+            return self._refuse(400, "the Content-Length header is not a number")
+        if length > MAX_BODY_BYTES:
+            return self._refuse(413, f"the body is over {MAX_BODY_BYTES} bytes")
+        return self.rfile.read(length)
+
+    def _refuse(self, status: int, message: str) -> None:
+        # The unread body would be taken for the next request: close this connection instead.
+        self.close_connection = True
+        self._send(Reply(status, {"error": message}, {"Connection": "close"}))
+
+    def _send(self, reply: Reply) -> None:
+        data = json.dumps(reply.body, separators=(",", ":")).encode()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024  # benchmarks open many connections at once
+
+    def __init__(self, host: str, port: int, state: FakeSpotler) -> None:
+        family, address = _loopback_address(host, port)
+        self.address_family = family
+        self.state = state
+        self.stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would call getfqdn(), a reverse DNS lookup that can take seconds.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = str(self.server_address[0])
+        return f"http://[{host}]:{self.server_port}" if ":" in host else f"http://{host}:{self.server_port}"
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out and hung up is a scenario under test, not an error.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+    def close_everything(self) -> None:
+        """Wake sleeping handlers, cut idle keep-alive connections: a stop is a real outage."""
+        self.stopping.set()
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        self.server_close()
+
+
+def _loopback_address(host: str, port: int) -> tuple[socket.AddressFamily, Any]:
+    """Resolve `host`, refusing anything but loopback: the fake must never be reachable."""
+    if not host:
+        raise ValueError("refusing to bind the fake Spotler API to all interfaces; use 127.0.0.1")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve host {host!r}: {exc}") from exc
+    for info in infos:
+        if not ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback:
+            raise ValueError(f"refusing to bind the fake Spotler API to {host!r}: "
+                             "it is not a loopback address and the fake must never be exposed")
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)  # IPv4 first: it is always there
+    return infos[0][0], infos[0][4]
+
+
+class RunningFakeApi:
+    """A fake serving in a background thread; stop() it, or use it as a context manager."""
+
+    def __init__(self, server: _Server, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+        self.url = server.url
+        self.state = server.state
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
+        self._server.close_everything()
+
+    def __enter__(self) -> RunningFakeApi:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_fake_api(
+    host: str = "127.0.0.1", port: int = 0, *, account: str = "demo-account",
+    api_key: str = "demo-key", faults: Faults | None = None,
+) -> RunningFakeApi:
+    """Serve in a daemon thread; port 0 picks a free port, read it from `.url`."""
+    server = _Server(host, port, FakeSpotler(account, api_key, faults))
+    # A short poll interval keeps stop() quick: every test fixture pays it at teardown.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name=f"fake-spotler-{server.server_port}", daemon=True)
+    thread.start()
+    return RunningFakeApi(server, thread)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+def run_fake_api(
+    host: str = "127.0.0.1", port: int = 0, *, account: str = "demo-account",
+    api_key: str = "demo-key", faults: Faults | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Serve in the foreground until Ctrl-C or SIGTERM; says its URL once, through `announce`."""
+    server = _Server(host, port, FakeSpotler(account, api_key, faults))
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        message = f"Fake Spotler API listening on {server.url} (account {account}; Ctrl-C stops)"
+        if announce is None:
+            print(message, flush=True)
+        else:
+            announce(server.url)
+        server.serve_forever()
+    except (KeyboardInterrupt, _Terminated):
+        pass
+    finally:
+        server.close_everything()
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

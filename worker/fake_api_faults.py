@@ -1,0 +1,177 @@
+"""The faults the fake Spotler API can be told to inject, and how they shape its answers.
+
+`Faults` is what a test, the demo or the CLI asks for, built from keywords or JSON with every
+mistake (a typo in a key, a rate of 2) refused before any request. `ActiveFaults` is the same
+set once in force: with the clock, the counter and the seeded dice the answers depend on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import math
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+_RATES = ("error_rate", "timeout_rate")
+_DURATIONS = ("latency_ms", "timeout_seconds", "rate_limit_seconds")
+_FLAGS = ("retry_after_http_date", "auth_failure", "accept_fewer")
+
+
+@dataclass
+class Faults:
+    """What the fake does wrong; applied to POST /v1/track in the order the fields are listed.
+
+    A timed-out request is still answered (and its events recorded) once `timeout_seconds` have
+    passed: like the real API, the fake may well have taken an order the client gave up on, and
+    that ambiguity is what the outbox's exactly-once delivery must survive.
+    """
+
+    auth_failure: bool = False
+    # Counted from the moment the faults are set, not per request: a throttled account stays
+    # throttled however often the client knocks.
+    rate_limit_seconds: float = 0.0
+    retry_after_http_date: bool = False
+    timeout_rate: float = 0.0
+    timeout_seconds: float = 60.0
+    latency_ms: float = 0.0
+    fail_next: int = 0
+    error_rate: float = 0.0
+    error_status: int = 503
+    reject_orderids: list[str] = field(default_factory=list)
+    accept_fewer: bool = False
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in _RATES:
+            self._number(name, upper=1.0)
+        for name in _DURATIONS:
+            self._number(name, upper=None)
+        for name in _FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"fault {name}: must be true or false, "
+                                 f"got {getattr(self, name)!r}")
+        if not _is_int(self.fail_next) or self.fail_next < 0:
+            raise ValueError(f"fault fail_next: must be a whole number >= 0, "
+                             f"got {self.fail_next!r}")
+        if not _is_int(self.error_status) or not 400 <= self.error_status <= 599:
+            raise ValueError(f"fault error_status: must be an HTTP status from 400 to 599, "
+                             f"got {self.error_status!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"fault seed: must be a whole number or null, got {self.seed!r}")
+        orderids: Any = self.reject_orderids
+        if not isinstance(orderids, list | tuple) or not all(
+            isinstance(o, str) or _is_int(o) for o in orderids
+        ):
+            raise ValueError(f"fault reject_orderids: must be a list of orderids, got {orderids!r}")
+        # Orderids may arrive as JSON numbers; Spotler (and the validator) read them as strings.
+        self.reject_orderids = [str(o) for o in orderids]
+
+    def _number(self, name: str, *, upper: float | None) -> None:
+        value = getattr(self, name)
+        in_range = (
+            isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0 and (upper is None or value <= upper)
+        )
+        if not in_range:
+            bounds = f"from 0 to {upper:g}" if upper is not None else ">= 0"
+            raise ValueError(f"fault {name}: must be a number {bounds}, got {value!r}")
+        setattr(self, name, float(value))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Faults:
+        """Build from JSON; an unknown key is refused, as a silently ignored typo tests nothing."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"faults must be a JSON object, got {type(data).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(str(key) for key in data if key not in known)
+        if unknown:
+            raise ValueError(f"unknown fault(s): {', '.join(unknown)}; "
+                             f"known faults: {', '.join(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def copy(self) -> Faults:
+        return dataclasses.replace(self, reject_orderids=list(self.reject_orderids))
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+UNAUTHORISED = Reply(401, {"success": False, "errors": ["invalid credentials"]})
+
+
+class ActiveFaults:
+    """The faults in force. Not locked itself: FakeSpotler only calls it under its own lock."""
+
+    def __init__(self, faults: Faults) -> None:
+        self.faults = faults.copy()
+        self._random = random.Random(faults.seed)
+        seconds = faults.rate_limit_seconds
+        self._rate_limited_until = time.monotonic() + seconds if seconds else 0.0
+
+    def refusal(self, *, credentials_ok: bool) -> Reply | None:
+        """The answer before any work is done: auth failure, then the rate limit."""
+        if self.faults.auth_failure or not credentials_ok:
+            return UNAUTHORISED
+        remaining = self._rate_limited_until - time.monotonic()
+        if remaining <= 0:
+            return None
+        return Reply(429, {"success": False, "errors": ["rate limited"]},
+                     {"Retry-After": retry_after(remaining, self.faults.retry_after_http_date)})
+
+    def delay(self) -> float:
+        """Seconds to sleep before answering: a timeout when the dice say so, then the latency."""
+        faults = self.faults
+        seconds = faults.latency_ms / 1000
+        # No draw when the rate is 0, so adding one fault does not shift another's seeded dice.
+        if faults.timeout_rate and self._random.random() < faults.timeout_rate:
+            seconds += faults.timeout_seconds
+        return seconds
+
+    def failure(self) -> Reply | None:
+        """A server error from fail_next (counted down) or error_rate, else None."""
+        faults = self.faults
+        if faults.fail_next > 0:
+            faults.fail_next -= 1
+        elif not (faults.error_rate and self._random.random() < faults.error_rate):
+            return None
+        return Reply(faults.error_status,
+                     {"success": False, "errors": ["simulated failure (fake API fault)"]})
+
+    def rejections(self, events: list[Any]) -> list[dict[str, Any]]:
+        """An error per event whose orderid is in reject_orderids; the batch fails whole."""
+        rejected = self.faults.reject_orderids
+        if not rejected:
+            return []
+        errors = []
+        for index, event in enumerate(events):
+            orderid = event.get("orderid") if isinstance(event, dict) else None
+            if orderid is not None and str(orderid) in rejected:
+                errors.append({"index": index, "orderid": orderid,
+                               "problems": ["orderid: rejected (fake API fault reject_orderids)"]})
+        return errors
+
+    def accepted(self, count: int) -> int:
+        """How many of a valid batch to take: all, or all but the last under accept_fewer."""
+        return count - 1 if self.faults.accept_fewer and count > 1 else count
+
+
+def retry_after(remaining: float, http_date: bool) -> str:
+    """The Retry-After value for `remaining` seconds, rounded up so a client never comes early."""
+    if http_date:
+        return email.utils.formatdate(math.ceil(time.time() + remaining), usegmt=True)
+    return str(max(1, math.ceil(remaining)))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,59 @@
+"""When to try a failed delivery again: pure functions, randomness passed in for tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from models.settings import Settings
+
+Jitter = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base: float
+    cap: float
+    max_attempts: int
+    max_age: float
+    retry_after_cap: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(settings.backoff_base, settings.backoff_cap, settings.max_attempts,
+                   settings.max_age, settings.retry_after_cap)
+
+    def delay(self, attempts: int, jitter: Jitter = random.random) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2^(attempts-1))].
+
+        Spreads a crowd of failed rows over the whole window instead of a thundering herd.
+        """
+        exponent = min(max(attempts - 1, 0), 62)
+        return jitter() * min(self.cap, self.base * 2.0**exponent)
+
+    def bounded_retry_after(self, retry_after: float | None) -> float | None:
+        if retry_after is None:
+            return None
+        return min(max(retry_after, 0.0), self.retry_after_cap)
+
+    def next_attempt(
+        self, *, attempts: int, created_at: dt.datetime, now: dt.datetime,
+        retry_after: float | None = None, jitter: Jitter = random.random,
+    ) -> dt.datetime | None:
+        """The time of the next attempt, or None when the row has run out of attempts or age."""
+        if attempts >= self.max_attempts:
+            return None
+        wait = self.delay(attempts, jitter)
+        honoured = self.bounded_retry_after(retry_after)
+        if honoured is not None:
+            wait = max(wait, honoured)
+        at = now + dt.timedelta(seconds=wait)
+        if (at - created_at).total_seconds() > self.max_age:
+            return None
+        return at
+
+    def worst_case_schedule(self) -> float:
+        """Seconds from the first to the last attempt if every jitter draw were 1."""
+        return sum(min(self.cap, self.base * 2.0 ** (n - 1)) for n in range(1, self.max_attempts))
