@@ -89,11 +89,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Indexes go with their tables (MariaDB refuses to drop one a foreign key needs).
     op.drop_table("dispatch_control")
-    op.drop_index("ix_delivery_attempt_events_event", table_name="delivery_attempt_events")
     op.drop_table("delivery_attempt_events")
-    op.drop_index("ix_delivery_attempts_started_at", table_name="delivery_attempts")
     op.drop_table("delivery_attempts")
-    op.drop_index("ix_outbox_events_delivered_at", table_name="outbox_events")
-    op.drop_index("ix_outbox_events_due", table_name="outbox_events")
     op.drop_table("outbox_events")

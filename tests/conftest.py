@@ -1,0 +1,148 @@
+"""Shared fixtures: real databases (PostgreSQL, MariaDB, SQLite), migrated with Alembic.
+
+Server URLs come from TEST_POSTGRES_URL / TEST_MARIADB_URL (defaults: this machine's servers).
+A server that cannot be reached fails the run under CI=true and is skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from models import schema
+from models.database import make_engine
+from models.settings import Settings, reset_settings
+from models.tables import Base
+
+TEST_DB = "spotler_outbox_test"
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "TEST_POSTGRES_URL", f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DB}"),
+    "mariadb": os.environ.get(
+        "TEST_MARIADB_URL", f"mysql+pymysql://root@127.0.0.1:3306/{TEST_DB}?charset=utf8mb4"),
+}
+BACKENDS = ("postgresql", "mariadb", "sqlite")
+_migrated: set[str] = set()
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def create_database(url: str) -> None:
+    """Create the test database on the server if it is not there yet."""
+    parsed = make_url(url)
+    name = parsed.database
+    if parsed.get_backend_name() == "postgresql":
+        admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                                  {"n": name}).first()
+            if not exists:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    else:
+        admin = sa.create_engine(parsed.set(database=""))
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS `{name}` "
+                                 "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+    admin.dispose()
+
+
+def server_url(backend: str, database: str = TEST_DB) -> str:
+    url = make_url(SERVER_URLS[backend]).set(database=database)
+    rendered = url.render_as_string(hide_password=False)
+    try:
+        create_database(rendered)
+    except sa.exc.OperationalError as e:
+        message = f"{backend} server not reachable at {url.host}:{url.port}: {e.orig}"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return rendered
+
+
+def backend_url(backend: str, tmp_root: Path, database: str = TEST_DB) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_root / (database + '.db')}"
+    return server_url(backend, database)
+
+
+def wipe(engine: Engine) -> None:
+    """Empty every outbox table and reset the control row, keeping the migrated schema."""
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            if table.name == "dispatch_control":
+                conn.execute(table.update().values(paused_reason=None, paused_since=None,
+                                                   next_auth_check_at=None, not_before=None))
+            else:
+                conn.execute(table.delete())
+
+
+@pytest.fixture(scope="session")
+def tmp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("outbox")
+
+
+def _migrated_url(backend: str, tmp_root: Path) -> str:
+    url = backend_url(backend, tmp_root)
+    if url not in _migrated:
+        schema.upgrade(url)
+        _migrated.add(url)
+    return url
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_root: Path) -> Iterator[str]:
+    """A migrated, empty outbox database on each of the three backends."""
+    url = _migrated_url(request.param, tmp_root)
+    engine = make_engine(url)
+    wipe(engine)
+    engine.dispose()
+    yield url
+
+
+@pytest.fixture(params=("postgresql", "mariadb"))
+def server_database_url(request: pytest.FixtureRequest, tmp_root: Path) -> Iterator[str]:
+    """The same, on the two client-server databases only (for multi-process tests)."""
+    url = _migrated_url(request.param, tmp_root)
+    engine = make_engine(url)
+    wipe(engine)
+    engine.dispose()
+    yield url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, wakeup_enabled=False)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    reset_settings()
+    yield
+    reset_settings()
+
+
+def purchase(orderid: str = "1001", **overrides: object) -> dict[str, object]:
+    """A valid Purchase event in Spotler's shape."""
+    event: dict[str, object] = {
+        "event": "Purchase",
+        "email": "jane.doe@example.com",
+        "orderid": orderid,
+        "products": [{"id": "SKU-1", "quantity": 2, "price": 9.95}],
+        "currency": "EUR",
+    }
+    event.update(overrides)
+    return event

@@ -1,0 +1,153 @@
+"""enqueue_purchase adds one validated row inside the caller's transaction, on every backend."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings as hsettings
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from models import InvalidEvent, OutboxEvent, Status, enqueue_purchase
+from models.settings import Settings
+from tests.conftest import purchase
+from tests.unit.strategies import valid_purchases
+
+
+def count_rows(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(OutboxEvent)).scalar_one())
+
+
+def test_a_committed_enqueue_stores_the_exact_json_that_will_be_sent(
+    engine: Engine, settings: Settings
+) -> None:
+    with Session(engine) as session, session.begin():
+        result = enqueue_purchase(session, purchase("A-1"), settings=settings)
+        assert result.created
+    with Session(engine) as session:
+        row = session.execute(sa.select(OutboxEvent)).scalar_one()
+        assert row.status == Status.PENDING
+        assert row.attempts == 0
+        assert row.orderid == "A-1"
+        assert json.loads(row.payload) == purchase("A-1")
+        assert row.next_attempt_at.tzinfo is not None
+
+
+def test_an_enqueue_in_a_transaction_that_rolls_back_leaves_no_row(
+    engine: Engine, settings: Settings
+) -> None:
+    with Session(engine) as session:
+        session.begin()
+        enqueue_purchase(session, purchase("A-2"), settings=settings)
+        session.rollback()
+    assert count_rows(engine) == 0
+
+
+def test_a_second_enqueue_of_one_orderid_returns_the_existing_row_without_raising(
+    engine: Engine, settings: Settings
+) -> None:
+    with Session(engine) as session, session.begin():
+        first_id = enqueue_purchase(session, purchase("A-3"), settings=settings).row.id
+    with Session(engine) as session, session.begin():
+        second = enqueue_purchase(session, purchase("A-3", email="other@example.com"),
+                                  settings=settings)
+        assert second.duplicate
+        assert second.row.id == first_id
+        # The caller's transaction is still usable after the duplicate.
+        session.execute(sa.select(1))
+    assert count_rows(engine) == 1
+
+
+def test_the_duplicate_in_the_same_transaction_is_also_reported_not_added(
+    engine: Engine, settings: Settings
+) -> None:
+    with Session(engine) as session, session.begin():
+        assert enqueue_purchase(session, purchase("A-4"), settings=settings).created
+        assert enqueue_purchase(session, purchase("A-4"), settings=settings).duplicate
+    assert count_rows(engine) == 1
+
+
+def test_two_concurrent_transactions_enqueueing_one_orderid_give_one_row_and_no_error(
+    engine: Engine, settings: Settings
+) -> None:
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has a single writer: a second transaction cannot run concurrently")
+    first_inserted = threading.Event()
+    results: dict[str, Any] = {}
+
+    def second_transaction() -> None:
+        first_inserted.wait(10)
+        try:
+            with Session(engine) as session, session.begin():
+                second = enqueue_purchase(session, purchase("A-5"), settings=settings)
+                results["second"] = (second.created, second.row.id)
+        except Exception as e:
+            results["error"] = e
+
+    thread = threading.Thread(target=second_transaction)
+    thread.start()
+    with Session(engine) as session, session.begin():
+        first = enqueue_purchase(session, purchase("A-5"), settings=settings)
+        results["first"] = (first.created, first.row.id)
+        first_inserted.set()
+        thread.join(0.5)  # the second blocks on the unique key until this commits
+        assert thread.is_alive()
+    thread.join(10)
+    assert "error" not in results
+    assert results["first"][0] is True
+    assert results["second"] == (False, results["first"][1])
+    assert count_rows(engine) == 1
+
+
+def test_an_invalid_event_is_refused_before_the_database_is_touched(
+    engine: Engine, settings: Settings
+) -> None:
+    bad = purchase("A-6", products=[{"id": "SKU", "quantity": 0}], orderId="x")
+    with Session(engine) as session, session.begin(), pytest.raises(InvalidEvent) as refused:
+        enqueue_purchase(session, bad, settings=settings)
+    assert "products[0].quantity: must be a positive integer, got number 0" in refused.value.problems
+    assert any(p.startswith("orderId: unknown field (did you mean 'orderid'?)")
+               for p in refused.value.problems)
+    assert count_rows(engine) == 0
+
+
+def test_with_email_hashing_on_the_stored_payload_carries_the_sha256_not_the_address(
+    engine: Engine, settings: Settings
+) -> None:
+    hashing = settings.with_overrides(hash_email=True)
+    with Session(engine) as session, session.begin():
+        enqueue_purchase(session, purchase("A-7", email="  Jane.Doe@Example.com "),
+                         settings=hashing)
+    with engine.connect() as conn:
+        payload = conn.execute(sa.select(OutboxEvent.payload)).scalar_one()
+    assert "example" not in payload.lower()
+    assert json.loads(payload)["email"] == hashlib.sha256(b"jane.doe@example.com").hexdigest()
+
+
+@hsettings(max_examples=25, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(event=valid_purchases())
+def test_every_valid_event_is_stored_and_reads_back_as_exactly_the_json_sent(
+    engine: Engine, settings: Settings, event: dict[str, Any]
+) -> None:
+    with Session(engine) as session, session.begin():
+        result = enqueue_purchase(session, event, settings=settings)
+        row_id = result.row.id
+        created = result.created
+    with engine.connect() as conn:
+        payload = conn.execute(
+            sa.select(OutboxEvent.payload).where(OutboxEvent.id == row_id)).scalar_one()
+    if created:
+        stored = json.loads(payload)
+        expected = dict(event)
+        expected["orderid"] = str(event["orderid"])
+        assert stored["orderid"] == expected["orderid"]
+        assert stored["products"] == [
+            {**p, "id": str(p["id"])} for p in event["products"]]
+        assert stored["email"] == event["email"].strip()
