@@ -22,13 +22,11 @@ import traceback
 from collections.abc import Callable
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, NamedTuple, cast
 from urllib.parse import parse_qs
 
-from models.errors import InvalidEvent
-from models.validation import validate_purchase
-from worker.fake_api_faults import ActiveFaults, Faults, Reply
+from worker.fake_api_faults import ActiveFaults, Faults, Reply, parse_track_body, validate_batch
 
 __all__ = ["FakeSpotler", "Faults", "Reply", "RunningFakeApi", "run_fake_api", "start_fake_api"]
 
@@ -108,16 +106,17 @@ class FakeSpotler:
     ) -> Reply:
         """Answer one POST /v1/track, applying the faults in their documented order."""
         # Parsed up front so every log entry can count the events, even of a refused request.
-        events, shape_problem = _parse_events(body)
+        events, shape_problem = parse_track_body(body)
         count = len(events)
         with self._lock:
             refusal = self._active.refusal(credentials_ok=self._credentials_ok(account, api_key))
             if refusal is not None:
                 return self._logged(refusal, count)
             delay = self._active.delay()
-        if delay > 0:
-            # Outside the lock: one slow request must not stall the other connections.
-            sleep(delay)
+        # Outside the lock: one slow request must not stall the other connections. A sleep cut
+        # short by stop() answers nothing: a stopped fake must not go on recording events.
+        if delay > 0 and sleep(delay) is True:
+            return self._finish(Reply(503, {"success": False, "errors": ["stopping"]}), count)
         with self._lock:
             active = self._active
             failure = active.failure()
@@ -127,7 +126,7 @@ class FakeSpotler:
             kept = active.accepted(count)
         if shape_problem is not None:
             return self._finish(Reply(400, {"success": False, "errors": [shape_problem]}), count)
-        orderids, errors = _validate(events) if not rejections else ([], rejections)
+        orderids, errors = validate_batch(events) if not rejections else ([], rejections)
         if errors:
             return self._finish(Reply(400, {"success": False, "errors": errors}), count)
         with self._lock:
@@ -155,38 +154,6 @@ class FakeSpotler:
     def _finish(self, reply: Reply, count: int) -> Reply:
         with self._lock:
             return self._logged(reply, count)
-
-
-def _parse_events(body: bytes) -> tuple[list[Any], str | None]:
-    """The events of a track body, or a problem; both shapes seen in the wild are accepted."""
-    if not body.strip():
-        return [], "the body is empty; expected a JSON object"
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        return [], f"the body is not valid JSON: {exc}"
-    if not isinstance(doc, dict):
-        return [], f"the body must be a JSON object, got {type(doc).__name__}"
-    if "events" not in doc:
-        return [doc], None
-    events = doc["events"]
-    if not isinstance(events, list):
-        return [], '"events" must be an array of events'
-    if not events:
-        return [], '"events" must hold at least one event'
-    return events, None
-
-
-def _validate(events: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
-    orderids: list[str] = []
-    errors: list[dict[str, Any]] = []
-    for index, event in enumerate(events):
-        try:
-            orderids.append(validate_purchase(event)["orderid"])
-        except InvalidEvent as exc:
-            orderid = event.get("orderid") if isinstance(event, dict) else None
-            errors.append({"index": index, "orderid": orderid, "problems": exc.problems})
-    return orderids, errors
 
 
 class _Request(NamedTuple):
@@ -243,16 +210,16 @@ def _verify_auth(state: FakeSpotler, request: _Request) -> Reply:
 
 
 _Route = Callable[[FakeSpotler, _Request], Reply]
-_ROUTES: dict[str, dict[str, _Route]] = {
-    "/v1/track": {"POST": _track},
-    "/v1/verifyAuth": {"POST": _verify_auth},
-    "/_fake/received": {"GET": lambda state, _: Reply(200, state.received())},
-    "/_fake/events": {"GET": _events},
-    "/_fake/requests": {"GET": lambda state, _: Reply(200, state.request_log())},
-    "/_fake/faults": {"GET": lambda state, _: Reply(200, state.faults.to_dict()),
-                      "POST": _set_faults},
-    "/_fake/credentials": {"POST": _set_credentials},
-    "/_fake/reset": {"POST": _reset},
+_ROUTES: dict[tuple[str, str], _Route] = {
+    ("POST", "/v1/track"): _track,
+    ("POST", "/v1/verifyAuth"): _verify_auth,
+    ("GET", "/_fake/received"): lambda state, _: Reply(200, state.received()),
+    ("GET", "/_fake/events"): _events,
+    ("GET", "/_fake/requests"): lambda state, _: Reply(200, state.request_log()),
+    ("GET", "/_fake/faults"): lambda state, _: Reply(200, state.faults.to_dict()),
+    ("POST", "/_fake/faults"): _set_faults,
+    ("POST", "/_fake/credentials"): _set_credentials,
+    ("POST", "/_fake/reset"): _reset,
 }
 
 
@@ -275,17 +242,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         server = cast(_Server, self.server)
         body = self._read_body()
-        if body is None:
+        if isinstance(body, Reply):
+            # The unread body would be taken for the next request: close this connection instead.
+            self.close_connection = True
+            self._send(Reply(body.status, body.body, {"Connection": "close"}))
             return
         path, _, query = self.path.partition("?")
-        methods = _ROUTES.get(path.rstrip("/") or "/")
-        if methods is None:
-            self._send(Reply(404, {"error": f"no such endpoint: {method} {path}"}))
-            return
-        route = methods.get(method)
+        route = _ROUTES.get((method, path.rstrip("/") or "/"))
         if route is None:
-            allowed = ", ".join(methods)
-            self._send(Reply(405, {"error": f"{path} answers {allowed}"}, {"Allow": allowed}))
+            self._send(Reply(404, {"error": f"no such endpoint: {method} {path}"}))
             return
         params = {k: v[0] for k, v in parse_qs(query).items()} if query else {}
         try:
@@ -297,27 +262,17 @@ class _Handler(BaseHTTPRequestHandler):
             reply = Reply(500, {"error": f"internal error in the fake API: {type(exc).__name__}"})
         self._send(reply)
 
-    def _read_body(self) -> bytes | None:
-        """The request body, or None once an error has been answered and the connection closed."""
+    def _read_body(self) -> bytes | Reply:
+        """The request body, or the error to answer when it cannot be read."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._refuse(411, "send a Content-Length; chunked bodies are not supported")
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            return b""
-        try:
-            length = int(raw)
-        except ValueError:
-            length = -1
+            return Reply(411, {"error": "send a Content-Length; chunked bodies are not supported"})
+        raw = self.headers.get("Content-Length", "0")
+        length = int(raw) if raw.isascii() and raw.isdigit() else -1
         if length < 0:
-            return self._refuse(400, "the Content-Length header is not a number")
+            return Reply(400, {"error": "the Content-Length header is not a number"})
         if length > MAX_BODY_BYTES:
-            return self._refuse(413, f"the body is over {MAX_BODY_BYTES} bytes")
+            return Reply(413, {"error": f"the body is over {MAX_BODY_BYTES} bytes"})
         return self.rfile.read(length)
-
-    def _refuse(self, status: int, message: str) -> None:
-        # The unread body would be taken for the next request: close this connection instead.
-        self.close_connection = True
-        self._send(Reply(status, {"error": message}, {"Connection": "close"}))
 
     def _send(self, reply: Reply) -> None:
         data = json.dumps(reply.body, separators=(",", ":")).encode()
@@ -434,14 +389,6 @@ def start_fake_api(
     return RunningFakeApi(server, thread)
 
 
-class _Terminated(Exception):
-    pass
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
-
-
 def run_fake_api(
     host: str = "127.0.0.1", port: int = 0, *, account: str = "demo-account",
     api_key: str = "demo-key", faults: Faults | None = None,
@@ -450,7 +397,7 @@ def run_fake_api(
     """Serve in the foreground until Ctrl-C or SIGTERM; says its URL once, through `announce`."""
     server = _Server(host, port, FakeSpotler(account, api_key, faults))
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main_thread else None
     try:
         message = f"Fake Spotler API listening on {server.url} (account {account}; Ctrl-C stops)"
         if announce is None:
@@ -458,7 +405,7 @@ def run_fake_api(
         else:
             announce(server.url)
         server.serve_forever()
-    except (KeyboardInterrupt, _Terminated):
+    except KeyboardInterrupt:  # SIGTERM raises it too: see default_int_handler above
         pass
     finally:
         server.close_everything()

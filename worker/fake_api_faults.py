@@ -1,4 +1,4 @@
-"""The faults the fake Spotler API can be told to inject, and how they shape its answers.
+"""How the fake Spotler API judges a track request: its faults, the body's shape, validation.
 
 `Faults` is what a test, the demo or the CLI asks for, built from keywords or JSON with every
 mistake (a typo in a key, a rate of 2) refused before any request. `ActiveFaults` is the same
@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import json
 import math
 import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from models.errors import InvalidEvent
+from models.validation import validate_purchase
 
 _RATES = ("error_rate", "timeout_rate")
 _DURATIONS = ("latency_ms", "timeout_seconds", "rate_limit_seconds")
@@ -175,3 +179,36 @@ def retry_after(remaining: float, http_date: bool) -> str:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_track_body(body: bytes) -> tuple[list[Any], str | None]:
+    """The events of a track body, or a problem; both shapes seen in the wild are accepted."""
+    if not body.strip():
+        return [], "the body is empty; expected a JSON object"
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return [], f"the body is not valid JSON: {exc}"
+    if not isinstance(doc, dict):
+        return [], f"the body must be a JSON object, got {type(doc).__name__}"
+    if "events" not in doc:
+        return [doc], None
+    events = doc["events"]
+    if not isinstance(events, list):
+        return [], '"events" must be an array of events'
+    if not events:
+        return [], '"events" must hold at least one event'
+    return events, None
+
+
+def validate_batch(events: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The orderids of a batch, or an error per invalid event naming its fields (as Spotler)."""
+    orderids: list[str] = []
+    errors: list[dict[str, Any]] = []
+    for index, event in enumerate(events):
+        try:
+            orderids.append(validate_purchase(event)["orderid"])
+        except InvalidEvent as exc:
+            orderid = event.get("orderid") if isinstance(event, dict) else None
+            errors.append({"index": index, "orderid": orderid, "problems": exc.problems})
+    return orderids, errors

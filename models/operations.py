@@ -1,0 +1,268 @@
+"""The operator's SQL on the outbox tables: what the CLI shows, and the few rows it may change.
+
+Like models.store, every function takes a Connection inside a transaction the caller owns, and
+`now` from the caller. The changes guard on the status they expect in their WHERE clause, so an
+operator racing a worker changes nothing the worker has moved on since.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import sqlalchemy as sa
+
+from models.errors import NotFound, OutboxError
+from models.store import Control, attempt_events, attempts_table, events, read_control
+from models.tables import DUE_STATUSES, Status
+
+PURCHASE = "Purchase"
+RATE_WINDOW = dt.timedelta(minutes=5)
+PURGE_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class StatusSummary:
+    counts: dict[str, int]
+    oldest_due_orderid: str | None
+    oldest_due_created_at: dt.datetime | None
+    last_delivered_at: dt.datetime | None
+    delivered_last_window: int
+    control: Control
+
+    def deliveries_per_minute(self) -> float:
+        return self.delivered_last_window / (RATE_WINDOW.total_seconds() / 60)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    orderid: str
+    payload: str
+    status: str
+    attempts: int
+    resends: int
+    next_attempt_at: dt.datetime
+    lease_expires_at: dt.datetime | None
+    last_error: str | None
+    last_http_status: int | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    delivered_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    attempt_id: int
+    started_at: dt.datetime
+    attempt_number: int
+    event_count: int
+    http_status: int | None
+    outcome: str
+    error_class: str | None
+    duration_ms: int
+    response_excerpt: str | None
+    worker: str | None
+
+
+_ROW_COLUMNS = (
+    events.c.id, events.c.orderid, events.c.payload, events.c.status, events.c.attempts,
+    events.c.resends, events.c.next_attempt_at, events.c.lease_expires_at, events.c.last_error,
+    events.c.last_http_status, events.c.created_at, events.c.updated_at, events.c.delivered_at,
+)
+
+
+def _event_row(row: sa.Row[Any]) -> EventRow:
+    return EventRow(**row._asdict())
+
+
+def _due(now: dt.datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(events.c.status.in_(DUE_STATUSES), events.c.next_attempt_at <= now)
+
+
+def status_summary(conn: sa.Connection, now: dt.datetime) -> StatusSummary:
+    counts = {status.value: 0 for status in Status}
+    for status, count in conn.execute(
+        sa.select(events.c.status, sa.func.count()).group_by(events.c.status)
+    ):
+        counts[status] = int(count)
+    oldest = conn.execute(
+        sa.select(events.c.orderid, events.c.created_at).where(_due(now))
+        .order_by(events.c.created_at, events.c.id).limit(1)
+    ).first()
+    last_delivered = conn.execute(sa.select(sa.func.max(events.c.delivered_at))).scalar()
+    recent = conn.execute(
+        sa.select(sa.func.count()).select_from(events).where(
+            events.c.status == Status.DELIVERED.value,
+            events.c.delivered_at >= now - RATE_WINDOW,
+        )
+    ).scalar_one()
+    return StatusSummary(
+        counts=counts,
+        oldest_due_orderid=oldest.orderid if oldest else None,
+        oldest_due_created_at=oldest.created_at if oldest else None,
+        # max() loses the column type on some dialects: read it back through UTCDateTime.
+        last_delivered_at=_as_utc(last_delivered),
+        delivered_last_window=int(recent),
+        control=read_control(conn),
+    )
+
+
+def _as_utc(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    stamp = cast(dt.datetime, value)
+    return stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
+
+
+def _filters(
+    status: str | None, created_before: dt.datetime | None, orderid: str | None
+) -> list[sa.ColumnElement[bool]]:
+    where: list[sa.ColumnElement[bool]] = []
+    if status is not None:
+        where.append(events.c.status == Status(status).value)
+    if created_before is not None:
+        where.append(events.c.created_at <= created_before)
+    if orderid is not None:
+        if "*" in orderid:
+            escaped = orderid.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append(events.c.orderid.like(escaped.replace("*", "%"), escape="\\"))
+        else:
+            where.append(events.c.orderid == orderid)
+    return where
+
+
+def list_events(
+    conn: sa.Connection, *, status: str | None = None, created_before: dt.datetime | None = None,
+    orderid: str | None = None, limit: int = 50,
+) -> tuple[list[EventRow], int]:
+    """The first `limit` matching rows, oldest first, and how many match in all.
+
+    `orderid` matches exactly, or as a pattern when it holds `*`.
+    """
+    where = _filters(status, created_before, orderid)
+    rows = conn.execute(
+        sa.select(*_ROW_COLUMNS).where(*where).order_by(events.c.id).limit(limit)
+    ).all()
+    total = conn.execute(sa.select(sa.func.count()).select_from(events).where(*where))
+    return [_event_row(r) for r in rows], int(total.scalar_one())
+
+
+def get_event(conn: sa.Connection, orderid: str) -> EventRow:
+    row = conn.execute(
+        sa.select(*_ROW_COLUMNS).where(events.c.event == PURCHASE, events.c.orderid == orderid)
+    ).first()
+    if row is None:
+        raise NotFound(f"no order {orderid!r} in the outbox")
+    return _event_row(row)
+
+
+def attempts_for(conn: sa.Connection, event_id: int) -> list[AttemptRow]:
+    """Every request that carried this row, oldest first."""
+    rows = conn.execute(
+        sa.select(
+            attempts_table.c.id.label("attempt_id"), attempts_table.c.started_at,
+            attempt_events.c.attempt_number, attempts_table.c.event_count,
+            attempts_table.c.http_status, attempts_table.c.outcome,
+            attempts_table.c.error_class, attempts_table.c.duration_ms,
+            attempts_table.c.response_excerpt, attempts_table.c.worker,
+        )
+        .join(attempt_events, attempt_events.c.attempt_id == attempts_table.c.id)
+        .where(attempt_events.c.outbox_event_id == event_id)
+        .order_by(attempts_table.c.started_at, attempts_table.c.id)
+    ).all()
+    return [AttemptRow(**r._asdict()) for r in rows]
+
+
+def count_status(conn: sa.Connection, status: Status) -> int:
+    return int(conn.execute(
+        sa.select(sa.func.count()).select_from(events).where(events.c.status == status.value)
+    ).scalar_one())
+
+
+def _requeue_values(now: dt.datetime) -> dict[str, Any]:
+    return {"status": Status.PENDING.value, "next_attempt_at": now, "attempts": 0,
+            "updated_at": now, "claim_token": None, "lease_expires_at": None}
+
+
+def _change_one(
+    conn: sa.Connection, orderid: str, expected: Status, values: dict[str, Any], hint: str
+) -> EventRow:
+    row = get_event(conn, orderid)
+    changed = conn.execute(
+        events.update().where(events.c.id == row.id, events.c.status == expected.value)
+        .values(values)
+    ).rowcount
+    if not changed:
+        current = get_event(conn, orderid).status
+        raise OutboxError(f"order {orderid!r} is {current}, not {expected.value}; {hint}")
+    return get_event(conn, orderid)
+
+
+def retry_failed(conn: sa.Connection, orderid: str, *, now: dt.datetime) -> EventRow:
+    """A failed row becomes pending, due now, with a fresh attempt budget."""
+    return _change_one(conn, orderid, Status.FAILED, _requeue_values(now),
+                       "only failed orders can be retried (a delivered one can be resent)")
+
+
+def retry_all_failed(conn: sa.Connection, *, now: dt.datetime) -> int:
+    return int(conn.execute(
+        events.update().where(events.c.status == Status.FAILED.value)
+        .values(_requeue_values(now))
+    ).rowcount)
+
+
+def resend_delivered(
+    conn: sa.Connection, orderid: str, *, now: dt.datetime, note: str
+) -> EventRow:
+    """Send a delivered row again, on purpose; counted in `resends`, explained in last_error."""
+    values = {**_requeue_values(now), "resends": events.c.resends + 1, "last_error": note}
+    return _change_one(conn, orderid, Status.DELIVERED, values,
+                       "only delivered orders can be resent (a failed one can be retried)")
+
+
+def delivered_ids_before(
+    conn: sa.Connection, before: dt.datetime, *, limit: int = PURGE_BATCH
+) -> list[int]:
+    return list(conn.execute(
+        sa.select(events.c.id).where(events.c.status == Status.DELIVERED.value,
+                                     events.c.delivered_at < before)
+        .order_by(events.c.id).limit(limit)
+    ).scalars())
+
+
+def purge_delivered(conn: sa.Connection, ids: Sequence[int], *, before: dt.datetime) -> int:
+    """Delete these rows and their attempt links, unless resent since they were picked."""
+    if not ids:
+        return 0
+    still = sa.and_(events.c.id.in_(list(ids)), events.c.status == Status.DELIVERED.value,
+                    events.c.delivered_at < before)
+    # MariaDB refuses LIMIT in an IN subquery, hence ids read first; the links are deleted
+    # explicitly rather than trusting ON DELETE CASCADE, which SQLite honours only by pragma.
+    conn.execute(attempt_events.delete().where(
+        attempt_events.c.outbox_event_id.in_(sa.select(events.c.id).where(still)
+                                             .scalar_subquery())))
+    return int(conn.execute(events.delete().where(still)).rowcount)
+
+
+def orphan_attempt_ids(conn: sa.Connection, *, limit: int = PURGE_BATCH) -> list[int]:
+    """Attempts none of whose events remain (an attempt and its links commit together)."""
+    linked = sa.select(attempt_events.c.attempt_id).where(
+        attempt_events.c.attempt_id == attempts_table.c.id)
+    return list(conn.execute(
+        sa.select(attempts_table.c.id).where(~linked.exists())
+        .order_by(attempts_table.c.id).limit(limit)
+    ).scalars())
+
+
+def delete_attempts(conn: sa.Connection, ids: Sequence[int]) -> int:
+    if not ids:
+        return 0
+    linked = sa.select(attempt_events.c.attempt_id).where(
+        attempt_events.c.attempt_id == attempts_table.c.id)
+    return int(conn.execute(attempts_table.delete().where(
+        attempts_table.c.id.in_(list(ids)), ~linked.exists())).rowcount)

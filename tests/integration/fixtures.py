@@ -1,0 +1,52 @@
+"""Helpers shared by the delivery tests: the fake API, seeding rows, reading the outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from models import OutboxEvent, enqueue_purchase
+from models.settings import Settings
+from tests.conftest import purchase
+
+ACCOUNT = "test-account"
+API_KEY = "test-key-do-not-log-7f3a9c"
+
+
+def delivery_settings(database_url: str, api_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url, "api_url": api_url, "account": ACCOUNT,
+        "api_key": API_KEY, "wakeup_enabled": False, "connect_timeout": 1.0,
+        "read_timeout": 2.0, "lease_seconds": 10.0, "backoff_base": 0.05, "backoff_cap": 0.2,
+        "auth_recheck_interval": 0.2,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def seed(engine: Engine, orderids: Iterable[str], settings: Settings) -> None:
+    with Session(engine) as session, session.begin():
+        for orderid in orderids:
+            enqueue_purchase(session, purchase(orderid), settings=settings)
+
+
+def statuses(engine: Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(OutboxEvent.orderid, OutboxEvent.status)).all())
+
+
+def row(engine: Engine, orderid: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(OutboxEvent.__table__).where(
+            OutboxEvent.orderid == orderid)).one()
+
+
+def insert_raw(engine: Engine, orderid: str, payload: str) -> None:
+    """What an order system in another language does: a plain SQL insert."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO outbox_events (event, orderid, payload) "
+                             "VALUES ('Purchase', :o, :p)"), {"o": orderid, "p": payload})

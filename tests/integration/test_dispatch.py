@@ -1,0 +1,222 @@
+"""The dispatcher, in-process, against the fake Spotler API on loopback and real databases."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from models import store
+from models.tables import DeliveryAttempt, Status
+from worker.client import SpotlerClient
+from worker.dispatch import Dispatcher
+from worker.fake_api import Faults, RunningFakeApi, start_fake_api
+from tests.conftest import purchase
+from tests.integration.fixtures import (
+    ACCOUNT,
+    API_KEY,
+    delivery_settings,
+    insert_raw,
+    row,
+    seed,
+    statuses,
+)
+
+
+@pytest.fixture(scope="module")
+def fake_api() -> Iterator[RunningFakeApi]:
+    with start_fake_api(account=ACCOUNT, api_key=API_KEY) as api:
+        yield api
+
+
+@pytest.fixture
+def api(fake_api: RunningFakeApi) -> RunningFakeApi:
+    fake_api.state.reset()
+    fake_api.state.set_credentials(ACCOUNT, API_KEY)
+    return fake_api
+
+
+def make_dispatcher(database_url: str, api: RunningFakeApi, **overrides: object) -> Dispatcher:
+    settings = delivery_settings(database_url, api.url, **overrides)
+    from models.database import make_engine
+
+    return Dispatcher(make_engine(settings.database_url), SpotlerClient(settings), settings,
+                      worker_name="test")
+
+
+def drain(dispatcher: Dispatcher, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        dispatcher.run(budget_seconds=5)
+        with dispatcher.engine.connect() as conn:
+            pending = conn.execute(sa.text(
+                "SELECT count(*) FROM outbox_events WHERE status IN ('pending', 'in_flight')"
+            )).scalar_one()
+        if not pending:
+            return
+        time.sleep(0.05)
+    raise AssertionError("rows still pending after the drain")
+
+
+def test_a_batch_of_orders_is_delivered_in_one_request_and_marked(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=50)
+    seed(engine, [f"B-{i}" for i in range(30)], dispatcher.settings)
+    report = dispatcher.run()
+    assert report.delivered == 30 and report.requests == 1
+    assert set(statuses(engine).values()) == {Status.DELIVERED}
+    assert api.state.received()["orderids"] == {f"B-{i}": 1 for i in range(30)}
+    with engine.connect() as conn:
+        attempts = conn.execute(sa.select(DeliveryAttempt)).all()
+    assert len(attempts) == 1 and attempts[0].event_count == 30
+
+
+def test_a_delivered_row_is_never_sent_again(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api)
+    seed(engine, ["C-1"], dispatcher.settings)
+    dispatcher.run()
+    seed(engine, ["C-1"], dispatcher.settings)  # re-enqueue of a delivered orderid
+    assert dispatcher.run().claimed == 0
+    assert api.state.received()["orderids"] == {"C-1": 1}
+
+
+def test_a_poison_event_inside_a_batch_is_parked_and_the_rest_delivered(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=16)
+    seed(engine, [f"P-{i}" for i in range(16)], dispatcher.settings)
+    api.state.set_faults(Faults(reject_orderids=["P-11"]))
+    dispatcher.run()
+    result = statuses(engine)
+    assert result.pop("P-11") == Status.FAILED
+    assert set(result.values()) == {Status.DELIVERED}
+    assert "P-11" in (row(engine, "P-11").last_error or "")
+    assert row(engine, "P-11").last_http_status == 400
+    assert all(count == 1 for count in api.state.received()["orderids"].values())
+
+
+def test_a_stretch_of_server_errors_is_retried_with_backoff_until_delivered(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=10)
+    seed(engine, [f"R-{i}" for i in range(10)], dispatcher.settings)
+    api.state.set_faults(Faults(fail_next=3, error_status=503))
+    drain(dispatcher)
+    assert set(statuses(engine).values()) == {Status.DELIVERED}
+    with engine.connect() as conn:
+        outcomes = [r.outcome for r in conn.execute(sa.select(DeliveryAttempt))]
+        attempts = conn.execute(sa.text("SELECT sum(attempts) FROM outbox_events")).scalar_one()
+    assert outcomes.count("retryable") == 3
+    # Each row counts one attempt per request that carried it: the failed ones and the last.
+    failed_events = sum(r["events"] for r in api.state.request_log() if r["status"] == 503)
+    assert attempts == 10 + failed_events
+    assert api.state.received()["orderids"] == {f"R-{i}": 1 for i in range(10)}
+
+
+def test_a_row_whose_attempts_run_out_is_failed_with_its_last_error(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, max_attempts=3)
+    seed(engine, ["F-1"], dispatcher.settings)
+    api.state.set_faults(Faults(error_rate=1.0, error_status=502))
+    drain(dispatcher)
+    failed = row(engine, "F-1")
+    assert failed.status == Status.FAILED and failed.attempts == 3
+    assert "HTTP 502" in failed.last_error
+
+
+def test_a_401_pauses_dispatch_without_burning_attempts_and_resumes_when_the_key_works(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api)
+    seed(engine, ["A-1", "A-2"], dispatcher.settings)
+    api.state.set_credentials(ACCOUNT, "rotated-key")
+    report = dispatcher.run()
+    assert report.paused
+    assert row(engine, "A-1").attempts == 0 and row(engine, "A-1").status == Status.PENDING
+    assert dispatcher.run().paused  # stays paused: nothing claimed
+    assert dispatcher.recheck_credentials() in (None, False)
+    api.state.set_credentials(ACCOUNT, API_KEY)
+    time.sleep(0.25)
+    assert dispatcher.recheck_credentials() is True
+    dispatcher.run()
+    assert set(statuses(engine).values()) == {Status.DELIVERED}
+    assert row(engine, "A-1").attempts == 1
+
+
+def test_a_429_holds_every_request_until_retry_after_has_passed(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api)
+    seed(engine, ["L-1"], dispatcher.settings)
+    api.state.set_faults(Faults(rate_limit_seconds=1.0))
+    assert dispatcher.run().held
+    assert row(engine, "L-1").attempts == 0
+    assert dispatcher.run().held  # no request while held
+    assert len(api.state.request_log()) == 1
+    drain(dispatcher)
+    log = api.state.request_log()
+    assert log[0]["status"] == 429 and log[-1]["status"] == 200
+    assert log[1]["at"] - log[0]["at"] >= 0.95
+
+
+def test_a_partial_answer_is_not_recorded_as_delivered_and_falls_back_to_smaller_batches(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=4)
+    seed(engine, ["Q-1", "Q-2", "Q-3", "Q-4"], dispatcher.settings)
+    api.state.set_faults(Faults(accept_fewer=True))
+    dispatcher.run()
+    assert set(statuses(engine).values()) == {Status.DELIVERED}
+    with engine.connect() as conn:
+        outcomes = [r.outcome for r in conn.execute(
+            sa.select(DeliveryAttempt).order_by(DeliveryAttempt.id))]
+    assert outcomes[0] == "partial" and outcomes.count("delivered") >= 1
+
+
+@pytest.mark.parametrize("payload, reason", [
+    ("{not json", "payload: not valid JSON"),
+    (json.dumps({"event": "Purchase", "orderid": "X-2", "products": []}), "email: is required"),
+    (json.dumps(purchase("other")), "orderid: the payload says 'other'"),
+])
+def test_a_malformed_row_inserted_with_plain_sql_is_parked_and_the_others_still_go(
+    database_url: str, engine: Engine, api: RunningFakeApi, payload: str, reason: str
+) -> None:
+    dispatcher = make_dispatcher(database_url, api)
+    insert_raw(engine, "X-2", payload)
+    insert_raw(engine, "X-3", json.dumps(purchase("X-3")))
+    dispatcher.run()
+    assert row(engine, "X-3").status == Status.DELIVERED
+    parked = row(engine, "X-2")
+    assert parked.status == Status.FAILED
+    assert reason in parked.last_error
+
+
+def test_an_expired_lease_makes_a_claimed_row_claimable_again_and_the_old_claim_cannot_mark(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    import datetime as dt
+
+    dispatcher = make_dispatcher(database_url, api)
+    seed(engine, ["E-1"], dispatcher.settings)
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as conn:
+        first = store.claim_due(conn, limit=10, token="dead-worker", now=now,
+                                lease_until=now + dt.timedelta(seconds=0.2))
+    assert [r.orderid for r in first] == ["E-1"]
+    with engine.begin() as conn:
+        assert store.claim_due(conn, limit=10, token="other", now=now,
+                               lease_until=now + dt.timedelta(seconds=10)) == []
+    time.sleep(0.3)
+    dispatcher.run()
+    assert row(engine, "E-1").status == Status.DELIVERED
+    with engine.begin() as conn:
+        assert store.mark_delivered(conn, [first[0].id], token="dead-worker",
+                                    now=now, http_status=200) == 0

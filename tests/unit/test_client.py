@@ -1,0 +1,96 @@
+"""Every HTTP outcome maps to exactly one class, in one place."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import pytest
+
+from models.errors import (
+    AuthFailed,
+    ConfigurationError,
+    PartialFailure,
+    RateLimited,
+    Rejected,
+    RetryableError,
+)
+from models.settings import Settings
+from worker.client import SpotlerClient, check_api_url, classify, parse_retry_after
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204])
+def test_a_2xx_with_a_plain_or_empty_body_is_accepted(status: int) -> None:
+    assert classify(status, "", {}, 3).http_status == status
+    assert classify(status, "OK", {}, 3).http_status == status
+
+
+def test_a_2xx_with_a_full_count_is_accepted() -> None:
+    assert classify(200, '{"success": true, "created": 2, "updated": 1}', {}, 3)
+
+
+@pytest.mark.parametrize("body", ['{"success": false}', '{"errors": ["bad"]}',
+                                  '{"success": true, "created": 2}'])
+def test_a_2xx_that_says_not_everything_was_taken_is_a_partial_failure(body: str) -> None:
+    with pytest.raises(PartialFailure):
+        classify(200, body, {}, 3)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_401_and_403_are_auth_failures(status: int) -> None:
+    with pytest.raises(AuthFailed):
+        classify(status, "", {}, 1)
+
+
+@pytest.mark.parametrize("status", [408, 500, 502, 503, 504])
+def test_408_and_5xx_are_retryable(status: int) -> None:
+    with pytest.raises(RetryableError) as raised:
+        classify(status, "", {}, 1)
+    assert not isinstance(raised.value, RateLimited)
+
+
+def test_429_is_a_rate_limit_carrying_retry_after_in_seconds() -> None:
+    with pytest.raises(RateLimited) as raised:
+        classify(429, "", {"Retry-After": "7"}, 1)
+    assert raised.value.retry_after == 7
+
+
+def test_retry_after_as_an_http_date_is_understood() -> None:
+    now = time.time()
+    header = email.utils.formatdate(now + 30, usegmt=True)
+    assert parse_retry_after(header, now=now) == pytest.approx(30, abs=1)
+    assert parse_retry_after("garbage") is None
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 413, 422])
+def test_other_4xx_are_rejections(status: int) -> None:
+    with pytest.raises(Rejected):
+        classify(status, '{"errors": ["x"]}', {}, 1)
+
+
+def test_response_excerpts_are_truncated() -> None:
+    with pytest.raises(Rejected) as raised:
+        classify(400, "x" * 10_000, {}, 1)
+    assert len(raised.value.excerpt) <= 503
+
+
+@pytest.mark.parametrize("url", ["http://api.squeezely.tech", "ftp://x", "http://10.0.0.1:80",
+                                 "api.squeezely.tech"])
+def test_plain_http_is_refused_except_to_loopback(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="SPOTLER_API_URL"):
+        check_api_url(url)
+
+
+@pytest.mark.parametrize("url", ["https://api.squeezely.tech", "http://127.0.0.1:8900",
+                                 "http://localhost:1", "http://[::1]:80"])
+def test_https_anywhere_and_http_to_loopback_are_accepted(url: str) -> None:
+    assert check_api_url(url) == url
+
+
+def test_the_client_refuses_to_start_without_credentials() -> None:
+    with pytest.raises(ConfigurationError, match="SPOTLER_API_KEY"):
+        SpotlerClient(Settings(account="a"))
+
+
+def test_the_api_key_does_not_appear_in_the_settings_repr() -> None:
+    assert "s3cret-key" not in repr(Settings(account="a", api_key="s3cret-key"))
