@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from models.errors import NotFound, OutboxError
 from models.store import Control, attempt_events, attempts_table, events, read_control
@@ -74,7 +75,7 @@ _ROW_COLUMNS = (
 )
 
 
-def _event_row(row: sa.Row[Any]) -> EventRow:
+def _event_row(row: Any) -> EventRow:
     return EventRow(**row._asdict())
 
 
@@ -266,3 +267,26 @@ def delete_attempts(conn: sa.Connection, ids: Sequence[int]) -> int:
         attempt_events.c.attempt_id == attempts_table.c.id)
     return int(conn.execute(attempts_table.delete().where(
         attempts_table.c.id.in_(list(ids)), ~linked.exists())).rowcount)
+
+
+def purge(engine: Engine, *, delivered_before: dt.datetime,
+          batch: int = PURGE_BATCH) -> tuple[int, int]:
+    """Delete delivered rows older than the cutoff, then attempts left without rows.
+
+    Unlike the rest of this module it owns its transactions: one short one per batch, so the
+    claim never waits long behind a purge of millions. Returns (rows, attempts) deleted.
+    """
+    rows = attempts = 0
+    while True:
+        with engine.begin() as conn:
+            ids = delivered_ids_before(conn, delivered_before, limit=batch)
+            rows += purge_delivered(conn, ids, before=delivered_before)
+        if len(ids) < batch:
+            break
+    while True:
+        with engine.begin() as conn:
+            ids = orphan_attempt_ids(conn, limit=batch)
+            attempts += delete_attempts(conn, ids)
+        if len(ids) < batch:
+            break
+    return rows, attempts

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -94,7 +94,7 @@ def _stamp(when: dt.datetime | None) -> str:
 
 def _ago(when: dt.datetime | None, now: dt.datetime) -> str:
     if when is None:
-        return "-"
+        return "never"
     delta = (now - when).total_seconds()
     return f"{_stamp(when)} ({human_age(delta)} ago)" if delta >= 0 else \
         f"{_stamp(when)} (in {human_age(-delta)})"
@@ -116,19 +116,22 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 @contextmanager
 def database(settings: Settings, *, must_exist: bool = True) -> Iterator[Engine]:
-    url = make_url(settings.database_url) if settings.database_url else None
-    if url is None:
-        raise ConfigurationError("OUTBOX_DATABASE_URL is empty")
-    path = url.database or ""
-    if (must_exist and url.get_backend_name() == "sqlite" and path not in ("", ":memory:")
-            and not path.startswith("file:") and not Path(path).exists()):
-        raise ConfigurationError(f"no SQLite outbox at {path}; create it with `{PROG} migrate` "
-                                 "or set OUTBOX_DATABASE_URL")
     engine = make_engine(settings.database_url)
     try:
+        path = engine.url.database or ""
+        # SQLite would quietly create an empty file and then complain of missing tables.
+        if (must_exist and engine.dialect.name == "sqlite" and path not in ("", ":memory:")
+                and not path.startswith("file:") and not Path(path).exists()):
+            raise ConfigurationError(f"no SQLite outbox at {path}; create it with `{PROG} "
+                                     "migrate` or point OUTBOX_DATABASE_URL at it")
         yield engine
     finally:
         engine.dispose()
+
+
+def _usage(args: argparse.Namespace, message: str) -> NoReturn:
+    parser: argparse.ArgumentParser = args.parser
+    parser.error(message)
 
 
 def confirm(question: str, yes: bool) -> bool:
@@ -181,7 +184,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     dispatch = "running" if not c.paused else \
         f"PAUSED since {_stamp(c.paused_since)}: {mask_emails(c.paused_reason or '')}"
     print(f"Oldest due row:      {oldest}")
-    print(f"Last delivery:       {_ago(s.last_delivered_at, now) if s.last_delivered_at else 'never'}")
+    print(f"Last delivery:       {_ago(s.last_delivered_at, now)}")
     print(f"Deliveries/minute:   {s.deliveries_per_minute():.1f} (last 5 minutes)")
     print(f"Dispatch:            {dispatch}")
     print(f"Rate-limit hold:     {'none' if held is None else 'until ' + _ago(held, now)}")
@@ -245,7 +248,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     if bool(args.orderid) == bool(args.all_failed):
-        args.parser.error("give one ORDERID or --all-failed")
+        _usage(args, "give one ORDERID or --all-failed")
     with database(settings) as engine:
         if args.orderid:
             with engine.begin() as conn:
@@ -286,21 +289,8 @@ def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
     before = parse_cutoff(args.delivered_before, _now())
-    purged = attempts = 0
     with database(settings) as engine:
-        # One short transaction per batch: the claim never waits long behind a purge.
-        while True:
-            with engine.begin() as conn:
-                ids = ops.delivered_ids_before(conn, before)
-                purged += ops.purge_delivered(conn, ids, before=before)
-            if len(ids) < ops.PURGE_BATCH:
-                break
-        while True:
-            with engine.begin() as conn:
-                ids = ops.orphan_attempt_ids(conn)
-                attempts += ops.delete_attempts(conn, ids)
-            if len(ids) < ops.PURGE_BATCH:
-                break
+        purged, attempts = ops.purge(engine, delivered_before=before)
     print(f"purged {purged} orders delivered before {_stamp(before)} and {attempts} delivery "
           "attempts no order refers to any more")
     return OK
@@ -316,6 +306,23 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     return PROBLEMS if report.refused else OK
 
 
+def _test_purchase(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    if not args.email:
+        _usage(args, "--send-test-purchase needs --email (a test profile's address)")
+    product: dict[str, Any] = {"id": args.sku, "quantity": 1, "price": 0.0}
+    if args.language:
+        product["language"] = args.language
+    event = {"event": "Purchase", "email": args.email, "products": [product],
+             "orderid": f"spotler-outbox-check-{_now().strftime('%Y%m%dT%H%M%SZ')}",
+             "currency": args.currency, "timestamp": int(_now().timestamp())}
+    try:
+        return validate_purchase(event, multi_currency=settings.multi_currency,
+                                 multi_language=settings.multi_language,
+                                 hash_email=settings.hash_email)
+    except InvalidEvent as e:
+        _usage(args, mask_emails("; ".join(e.problems)))
+
+
 def _answer(e: DeliveryError) -> str:
     if e.http_status is None:
         return f"no HTTP answer: {e}"
@@ -323,44 +330,27 @@ def _answer(e: DeliveryError) -> str:
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
-    event: dict[str, Any] | None = None
-    if args.send_test_purchase:
-        if not args.email:
-            args.parser.error("--send-test-purchase needs --email (a test profile's address)")
-        orderid = f"spotler-outbox-check-{_now().strftime('%Y%m%dT%H%M%SZ')}"
-        product: dict[str, Any] = {"id": args.sku, "quantity": 1, "price": 0.0}
-        if args.language:
-            product["language"] = args.language
-        try:
-            event = validate_purchase(
-                {"event": "Purchase", "email": args.email, "orderid": orderid,
-                 "products": [product], "currency": args.currency,
-                 "timestamp": int(_now().timestamp())},
-                multi_currency=settings.multi_currency, multi_language=settings.multi_language,
-                hash_email=settings.hash_email)
-        except InvalidEvent as e:
-            args.parser.error(mask_emails("; ".join(e.problems)))
+    event = _test_purchase(args, settings) if args.send_test_purchase else None
     client = SpotlerClient(settings)
     try:
         print(f"Spotler API {client.base_url}, account {settings.account}")
         try:
             accepted = client.verify_auth()
+            print(f"verifyAuth: OK, Spotler answered HTTP {accepted.http_status}: "
+                  f"{mask_emails(accepted.excerpt)}")
         except DeliveryError as e:
             print(f"verifyAuth: FAILED, Spotler answered {_answer(e)}")
             return PROBLEMS
-        print(f"verifyAuth: OK, Spotler answered HTTP {accepted.http_status}: "
-              f"{mask_emails(accepted.excerpt)}")
         if event is None:
             return OK
-        print("Sending one test purchase:")
-        print(mask_emails(json.dumps(event, indent=2, ensure_ascii=False)))
+        print("Sending one test purchase:\n" + mask_emails(json.dumps(event, indent=2)))
         try:
             accepted = client.track([event])
+            print(f"track: Spotler answered HTTP {accepted.http_status}: "
+                  f"{mask_emails(accepted.excerpt) or '(empty body)'}")
         except DeliveryError as e:
             print(f"track: FAILED, Spotler answered {_answer(e)}")
             return PROBLEMS
-        print(f"track: Spotler answered HTTP {accepted.http_status}: "
-              f"{mask_emails(accepted.excerpt) or '(empty body)'}")
         hashed = ("\nSPOTLER_HASH_EMAIL is on: the profile holds the SHA-256 of the address."
                   if settings.hash_email else "")
         print(AUDIENCE_CHECK.format(orderid=event["orderid"], hashed=hashed))
@@ -378,14 +368,14 @@ def cmd_fake_api(args: argparse.Namespace, settings: Settings) -> int:
             auth_failure=args.auth_failure, accept_fewer=args.accept_fewer,
             reject_orderids=list(args.reject_orderid), seed=args.seed)
     except ValueError as e:
-        args.parser.error(str(e))
+        _usage(args, str(e))
     try:
         fake_api.run_fake_api(args.host, args.port, account=args.account or settings.account
                               or "demo-account",
                               api_key=args.api_key or settings.api_key or "demo-key",
                               faults=faults)
     except ValueError as e:
-        args.parser.error(str(e))
+        _usage(args, str(e))
     except OSError as e:
         raise ConfigurationError(f"cannot listen on {args.host}:{args.port}: "
                                  f"{e.strerror or e}") from e
@@ -393,14 +383,17 @@ def cmd_fake_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.demo import run_demo  # the demo pulls in Celery: only when asked for
+    from worker.demo import run_demo  # not needed by any other command
 
-    return run_demo(orders=args.orders, directory=Path(args.dir), timeout=args.timeout)
+    return run_demo(orders=int(args.orders), directory=Path(args.dir), timeout=args.timeout)
 
 
 # --- the parser --------------------------------------------------------------------------
 
 Handler = Callable[[argparse.Namespace, Settings], int]
+_FAULT_FLAGS = (("--error-rate", float, 0.0), ("--error-status", int, 503),
+                ("--latency-ms", float, 0.0), ("--timeout-rate", float, 0.0),
+                ("--timeout-seconds", float, 60.0), ("--rate-limit-seconds", float, 0.0))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -450,12 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8900)
     p.add_argument("--account", help="default: SPOTLER_ACCOUNT, else demo-account")
     p.add_argument("--api-key", help="default: SPOTLER_API_KEY, else demo-key")
-    p.add_argument("--error-rate", type=float, default=0.0)
-    p.add_argument("--error-status", type=int, default=503)
-    p.add_argument("--latency-ms", type=float, default=0.0)
-    p.add_argument("--timeout-rate", type=float, default=0.0)
-    p.add_argument("--timeout-seconds", type=float, default=60.0)
-    p.add_argument("--rate-limit-seconds", type=float, default=0.0)
+    for flag, kind, default in _FAULT_FLAGS:
+        p.add_argument(flag, type=kind, default=default)
     p.add_argument("--auth-failure", action="store_true")
     p.add_argument("--accept-fewer", action="store_true")
     p.add_argument("--reject-orderid", action="append", default=[], metavar="ORDERID")

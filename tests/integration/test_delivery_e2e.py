@@ -17,7 +17,6 @@ from models import enqueue_purchase
 from models.database import make_engine
 from models.settings import Settings
 from models.tables import Status
-from worker.fake_api import Faults, RunningFakeApi, start_fake_api
 from tests.conftest import purchase
 from tests.integration.fixtures import ACCOUNT, API_KEY, insert_raw, row
 from tests.integration.workers import (
@@ -27,6 +26,7 @@ from tests.integration.workers import (
     wait_for,
     worker_environment,
 )
+from worker.fake_api import Faults, RunningFakeApi, start_fake_api
 
 
 @pytest.fixture

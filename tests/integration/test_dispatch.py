@@ -12,9 +12,6 @@ from sqlalchemy.engine import Engine
 
 from models import store
 from models.tables import DeliveryAttempt, Status
-from worker.client import SpotlerClient
-from worker.dispatch import Dispatcher
-from worker.fake_api import Faults, RunningFakeApi, start_fake_api
 from tests.conftest import purchase
 from tests.integration.fixtures import (
     ACCOUNT,
@@ -25,6 +22,9 @@ from tests.integration.fixtures import (
     seed,
     statuses,
 )
+from worker.client import SpotlerClient
+from worker.dispatch import Dispatcher
+from worker.fake_api import Faults, RunningFakeApi, start_fake_api
 
 
 @pytest.fixture(scope="module")

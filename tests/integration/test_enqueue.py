@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -111,7 +112,8 @@ def test_an_invalid_event_is_refused_before_the_database_is_touched(
     bad = purchase("A-6", products=[{"id": "SKU", "quantity": 0}], orderId="x")
     with Session(engine) as session, session.begin(), pytest.raises(InvalidEvent) as refused:
         enqueue_purchase(session, bad, settings=settings)
-    assert "products[0].quantity: must be a positive integer, got number 0" in refused.value.problems
+    problems = refused.value.problems
+    assert "products[0].quantity: must be a positive integer, got number 0" in problems
     assert any(p.startswith("orderId: unknown field (did you mean 'orderid'?)")
                for p in refused.value.problems)
     assert count_rows(engine) == 0

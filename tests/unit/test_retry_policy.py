@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 from models.settings import Settings
 from worker.retry_policy import RetryPolicy
@@ -15,7 +16,7 @@ def test_the_delay_doubles_with_each_attempt_until_the_cap() -> None:
     delays = [POLICY.delay(n, jitter=lambda: 1.0) for n in range(1, 13)]
     assert delays[:4] == [30, 60, 120, 240]
     assert delays[-1] == 21600
-    assert all(b >= a for a, b in zip(delays, delays[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(delays))
 
 
 def test_full_jitter_draws_anywhere_between_zero_and_the_ceiling() -> None:
