@@ -239,8 +239,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     print(mask_emails(payload))
     print(f"Attempts ({len(attempts)}):")
     if attempts:
-        print(table(("TIME", "#", "BATCH", "HTTP", "OUTCOME", "DURATION", "RESPONSE"), [
-            (_stamp(a.started_at), str(a.attempt_number), str(a.event_count),
+        print(table(("  TIME", "#", "BATCH", "HTTP", "OUTCOME", "DURATION", "RESPONSE"), [
+            ("  " + _stamp(a.started_at), str(a.attempt_number), str(a.event_count),
              str(a.http_status or "-"), a.outcome, f"{a.duration_ms} ms",
              _short(a.response_excerpt, 70)) for a in attempts]))
     return OK
@@ -302,7 +302,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     print(f"enqueued {report.enqueued}, already present {report.duplicates}, "
           f"refused {len(report.refused)}")
     for line in importer.refused_lines(report):
-        print("  " + mask_emails(line))
+        print("  " + line)
     return PROBLEMS if report.refused else OK
 
 

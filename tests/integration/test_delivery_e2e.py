@@ -214,3 +214,38 @@ def test_the_sweeper_delivers_rows_whose_wake_up_was_lost(
     with running_worker("w1", env, tmp_path):
         wait_for(lambda: all_settled(engine, 3), 20, "the sweeper")
     assert api.state.received()["orderids"] == {"W-1": 1, "W-2": 1, "W-3": 1}
+
+
+def test_a_committed_enqueue_wakes_a_worker_without_waiting_for_the_sweeper(
+    engine: Engine, api: RunningFakeApi, server_database_url: str, broker: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    env = worker_environment(server_database_url, api.url,
+                             OUTBOX_SWEEP_INTERVAL_SECONDS="3600")
+    with running_worker("w1", env, tmp_path):
+        time.sleep(1)  # the first sweep runs at start-up; the next is an hour away
+        started = time.monotonic()
+        enqueue_orders(engine, producer_settings(server_database_url), ["U-1"])
+        wait_for(lambda: all_settled(engine, 1), 10, "delivery woken by the commit")
+        assert time.monotonic() - started < 5
+
+
+def test_beat_runs_as_its_own_process_and_its_sweeps_deliver(
+    engine: Engine, env: dict[str, str], api: RunningFakeApi, server_database_url: str,
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    insert_raw(engine, "V-1", json.dumps(purchase("V-1")))
+    beat = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel=INFO",
+         f"--schedule={tmp_path / 'beat-schedule'}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with running_worker("w1", env, tmp_path, beat=False):
+            wait_for(lambda: all_settled(engine, 1), 20, "a sweep from the beat process")
+    finally:
+        beat.terminate()
+        beat.wait(10)
+    assert api.state.received()["orderids"] == {"V-1": 1}
