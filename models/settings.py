@@ -47,7 +47,7 @@ class Settings:
         default=60.0, metadata={"env": "OUTBOX_AUTH_RECHECK_SECONDS"}
     )
     dispatch_time_budget: float = field(
-        default=20.0, metadata={"env": "OUTBOX_DISPATCH_TIME_BUDGET_SECONDS"}
+        default=5.0, metadata={"env": "OUTBOX_DISPATCH_TIME_BUDGET_SECONDS"}
     )
     wakeup_enabled: bool = field(default=True, metadata={"env": "OUTBOX_WAKEUP"})
     log_format: str = field(default="text", metadata={"env": "OUTBOX_LOG_FORMAT"})

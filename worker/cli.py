@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -40,8 +40,8 @@ you gave with --email, open the profile and look for a Purchase event with order
 in its event history (it can take a minute to show).{hashed}"""
 
 
-class _Refused(OutboxError):
-    """A question that needed a yes could not be asked."""
+class UsageError(OutboxError):
+    """Arguments that parse but cannot be acted on as given (exit 2, like argparse's own)."""
 
 
 def _now() -> dt.datetime:
@@ -61,6 +61,12 @@ def parse_duration(text: str) -> dt.timedelta:
         raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 10m, 2h, 1d or 2w, "
                                          f"got {text!r}")
     return dt.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def parse_cutoff(text: str, now: dt.datetime) -> dt.datetime:
@@ -129,16 +135,11 @@ def database(settings: Settings, *, must_exist: bool = True) -> Iterator[Engine]
         engine.dispose()
 
 
-def _usage(args: argparse.Namespace, message: str) -> NoReturn:
-    parser: argparse.ArgumentParser = args.parser
-    parser.error(message)
-
-
 def confirm(question: str, yes: bool) -> bool:
     if yes:
         return True
     if not sys.stdin or not sys.stdin.isatty():
-        raise _Refused(f"{question.rstrip('?')}: not without confirmation, and stdin is not a "
+        raise UsageError(f"{question.rstrip('?')}: not without confirmation, and stdin is not a "
                        "terminal to ask on; pass --yes")
     answer = input(f"{question} [y/N] ").strip().lower()
     return answer in ("y", "yes")
@@ -248,7 +249,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     if bool(args.orderid) == bool(args.all_failed):
-        _usage(args, "give one ORDERID or --all-failed")
+        raise UsageError("give one ORDERID or --all-failed")
     with database(settings) as engine:
         if args.orderid:
             with engine.begin() as conn:
@@ -308,7 +309,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def _test_purchase(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     if not args.email:
-        _usage(args, "--send-test-purchase needs --email (a test profile's address)")
+        raise UsageError("--send-test-purchase needs --email (a test profile's address)")
     product: dict[str, Any] = {"id": args.sku, "quantity": 1, "price": 0.0}
     if args.language:
         product["language"] = args.language
@@ -320,7 +321,7 @@ def _test_purchase(args: argparse.Namespace, settings: Settings) -> dict[str, An
                                  multi_language=settings.multi_language,
                                  hash_email=settings.hash_email)
     except InvalidEvent as e:
-        _usage(args, mask_emails("; ".join(e.problems)))
+        raise UsageError(mask_emails("; ".join(e.problems))) from e
 
 
 def _answer(e: DeliveryError) -> str:
@@ -368,14 +369,14 @@ def cmd_fake_api(args: argparse.Namespace, settings: Settings) -> int:
             auth_failure=args.auth_failure, accept_fewer=args.accept_fewer,
             reject_orderids=list(args.reject_orderid), seed=args.seed)
     except ValueError as e:
-        _usage(args, str(e))
+        raise UsageError(str(e)) from e
     try:
         fake_api.run_fake_api(args.host, args.port, account=args.account or settings.account
                               or "demo-account",
                               api_key=args.api_key or settings.api_key or "demo-key",
                               faults=faults)
     except ValueError as e:
-        _usage(args, str(e))
+        raise UsageError(str(e)) from e
     except OSError as e:
         raise ConfigurationError(f"cannot listen on {args.host}:{args.port}: "
                                  f"{e.strerror or e}") from e
@@ -405,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, handler: Handler, help: str, **kw: Any) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, **kw)
-        p.set_defaults(handler=handler, parser=p)
+        p.set_defaults(handler=handler)
         return p
 
     command("migrate", cmd_migrate, "create or upgrade the outbox tables")
@@ -416,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--older-than", type=parse_duration, metavar="AGE",
                    help="created at least this long ago: 90s, 10m, 2h, 1d, 2w")
     p.add_argument("--orderid", help="exact orderid, or a pattern with *")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50)
     p = command("show", cmd_show, "one order: its row, its payload and every delivery attempt")
     p.add_argument("orderid", metavar="ORDERID")
     p = command("retry", cmd_retry, "make failed orders pending again, due now")
@@ -426,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("resend", cmd_resend, "send a delivered order again, on purpose (recorded)")
     p.add_argument("orderid", metavar="ORDERID")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p = command("purge", cmd_purge, "delete delivered orders (and their attempts) older than")
+    p = command("purge", cmd_purge,
+                "delete old delivered orders and the attempts left without orders")
     p.add_argument("--delivered-before", required=True, metavar="AGE_OR_DATE",
                    help="a duration such as 30d, or an ISO date/datetime (UTC unless given)")
     p = command("import", cmd_import, "enqueue Purchase events from a JSON Lines or CSV file",
@@ -450,8 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reject-orderid", action="append", default=[], metavar="ORDERID")
     p.add_argument("--seed", type=int)
     p = command("demo", cmd_demo, "run the whole pipeline locally: SQLite, fake API, a worker")
-    p.add_argument("--orders", type=int, default=500)
-    p.add_argument("--dir", default="demo-run")
+    p.add_argument("--orders", type=positive_int, default=500)
+    p.add_argument("--dir", default="demo-run", help="where the SQLite files and the worker "
+                   "log go (default ./demo-run); a previous demo's files there are replaced")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for delivery")
     return parser
 
@@ -484,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else USAGE
     except NotFound as e:
         return _fail(str(e), NOT_FOUND)
-    except (ConfigurationError, _Refused) as e:
+    except (ConfigurationError, UsageError) as e:
         return _fail(str(e), USAGE)
     except OutboxError as e:
         return _fail(str(e), PROBLEMS)

@@ -247,8 +247,8 @@ def run_demo(*, orders: int = 500, directory: Path = Path("demo-run"),
     print(f"  failed             {failed}")
     print(f"  elapsed            {elapsed:.1f} s ({delivered / elapsed:.0f} events/s, "
           "enqueue to last delivery)")
-    print(f"  fake API received  {received['requests']} track requests carrying "
-          f"{received['total_events']} events")
+    print(f"  fake API received  {received['total_events']} events in "
+          f"{received['requests']} track request(s)")
     print(f"  exactly once       {verdict}")
     if problem:
         print(f"The demo did not finish: {problem}. Last lines of {paths.log}:")

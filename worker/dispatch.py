@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from models import store
@@ -261,28 +262,21 @@ class _Batch:
             response_excerpt=(accepted.excerpt if accepted else error.excerpt if error else None),
             worker=self.d.worker_name,
         )
-        split = False
-        with self.d.engine.begin() as conn:
+        def write(conn: sa.Connection, delta: DispatchReport) -> bool:
             store.record_attempt(conn, record, rows)
             if error is None:
                 marked = store.mark_delivered(conn, ids, token=self.token, now=now,
                                               http_status=status)
-                self.report.delivered += marked
-                if marked < len(ids):
-                    self.report.lost_claims += len(ids) - marked
-                    log.error("%d rows were sent but their claim had passed to another worker",
-                              len(ids) - marked)
+                delta.delivered += marked
+                delta.lost_claims += len(ids) - marked
             elif isinstance(error, AuthFailed):
-                self.halted = True
-                self.report.paused = True
                 check_at = now + dt.timedelta(seconds=self.d.settings.auth_recheck_interval)
                 store.pause(conn, reason=str(error), now=now, check_at=check_at)
                 store.release(conn, ids, token=self.token, now=now, not_before=now,
                               note=f"not sent: dispatch paused ({error})")
-                self.report.released += len(ids)
+                delta.released += len(ids)
+                delta.paused = True
             elif isinstance(error, RateLimited):
-                self.halted = True
-                self.report.held = True
                 wait = self.d.policy.bounded_retry_after(error.retry_after)
                 if wait is None:
                     wait = self.d.policy.delay(1, self.d.jitter) + 1.0
@@ -290,22 +284,57 @@ class _Batch:
                 store.hold_until(conn, now=now, not_before=not_before)
                 store.release(conn, ids, token=self.token, now=now, not_before=not_before,
                               note=str(error))
-                self.report.released += len(ids)
+                delta.released += len(ids)
+                delta.held = True
             elif isinstance(error, Rejected | PartialFailure):
                 if len(items) > 1:
-                    split = True  # the rows stay claimed; the halves are sent next
-                else:
-                    store.mark_failed(conn, ids, token=self.token, now=now, error=str(error),
-                                      http_status=status)
-                    self.report.failed += 1
-                    log.error("parked orderid %s as failed: %s", rows[0].orderid, error)
+                    return True  # the rows stay claimed; the halves are sent next
+                store.mark_failed(conn, ids, token=self.token, now=now, error=str(error),
+                                  http_status=status)
+                delta.failed += 1
             else:
-                self._schedule_retries(conn, rows, now, error)
+                self._schedule_retries(conn, rows, now, error, delta)
+            return False
+
+        split, delta = self._write_outcome(write)
+        self.report.add(delta)
+        self.halted = self.halted or delta.paused or delta.held
+        if delta.lost_claims:
+            log.error("%d rows were sent but their claim had passed to another worker",
+                      delta.lost_claims)
+        if delta.failed and isinstance(error, Rejected | PartialFailure):
+            log.error("parked orderid %s as failed: %s", rows[0].orderid, error)
         self._log_batch(len(rows), outcome, status, duration_ms)
         return split
 
-    def _schedule_retries(self, conn: Any, rows: list[ClaimedRow], now: dt.datetime,
-                          error: DeliveryError) -> None:
+    def _write_outcome(
+        self, write: Callable[[sa.Connection, DispatchReport], bool]
+    ) -> tuple[bool, DispatchReport]:
+        """Commit what Spotler answered, retrying through a database outage.
+
+        The answer is known and only the database is missing: giving up now would leave the
+        rows to be claimed and sent again when their lease runs out, so keep trying until
+        shortly before the lease does.
+        """
+        pause = 0.1
+        while True:
+            delta = DispatchReport()
+            try:
+                with self.d.engine.begin() as conn:
+                    return write(conn, delta), delta
+            except sa.exc.OperationalError as e:
+                left = (self.lease_until - self.d.clock()).total_seconds() - LEASE_MARGIN_SECONDS
+                if left <= pause:
+                    log.error("could not record Spotler's answer before the lease ran out: %s",
+                              type(e).__name__)
+                    raise
+                log.warning("database unavailable while recording Spotler's answer (%s); "
+                            "retrying in %.1fs", type(e).__name__, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    def _schedule_retries(self, conn: sa.Connection, rows: list[ClaimedRow], now: dt.datetime,
+                          error: DeliveryError, delta: DispatchReport) -> None:
         retry_after = getattr(error, "retry_after", None)
         retries: list[Retry] = []
         exhausted: list[int] = []
@@ -322,8 +351,8 @@ class _Batch:
         store.mark_failed(conn, exhausted, token=self.token, now=now,
                           error=f"gave up after the last attempt: {error}",
                           http_status=error.http_status)
-        self.report.retried += len(retries)
-        self.report.failed += len(exhausted)
+        delta.retried += len(retries)
+        delta.failed += len(exhausted)
         if exhausted:
             log.error("%d rows failed for good after their last attempt: %s", len(exhausted),
                       error)

@@ -30,8 +30,9 @@ orderid, currency, timestamp, totalvalue, firstname, ..., custom_<name>); an emp
 the field out. Products come either as a JSON array in a `products` column, or one row per
 product with the columns product_id, quantity, price and optionally product_name, language and
 category_ids (separated by "|"); rows with the same orderid form one order, wherever they are
-in the file, and their order-level cells must agree. Any other file is JSON Lines: one JSON
-event per line, blank lines skipped."""
+in the file, and their order-level cells must agree; a refused order is reported by its first
+line. Any other file is JSON Lines: one JSON event per line, blank lines skipped. Orders
+already in the outbox are counted, not added: importing a file twice is harmless."""
 
 PRODUCT_COLUMNS = {"product_id": "id", "quantity": "quantity", "price": "price",
                    "product_name": "name", "language": "language",
@@ -207,8 +208,8 @@ def enqueue_records(
         with Session(engine) as session, session.begin():
             for record in records[start:start + BATCH_SIZE]:
                 _enqueue_one(session, record, settings, report)
-        if progress is not None:
-            progress(report.total)
+                if progress is not None:
+                    progress(report.total)
     return report
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from typing import Any
 
 from celery.signals import worker_process_init, worker_shutting_down
+from sqlalchemy.exc import OperationalError
 
 from models import store
 from models.database import make_engine
@@ -22,6 +25,8 @@ log = logging.getLogger("spotler_outbox.tasks")
 
 _dispatcher: Dispatcher | None = None
 _dispatcher_pid: int | None = None
+# Set on SIGTERM: the batch in flight is finished and marked, then no new batch starts.
+_stop_requested = threading.Event()
 
 
 def get_dispatcher() -> Dispatcher:
@@ -33,27 +38,51 @@ def get_dispatcher() -> Dispatcher:
             make_engine(settings.database_url), SpotlerClient(settings), settings,
             worker_name=f"{socket.gethostname()}:{os.getpid()}",
         )
+        _dispatcher.stopping = _stop_requested
         _dispatcher_pid = os.getpid()
+        if _in_pool_child:
+            _finish_batch_on_sigterm()
     return _dispatcher
+
+
+_in_pool_child = False
 
 
 @worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
+    global _in_pool_child
+    _in_pool_child = True
     configure_logging(get_settings())
+
+
+def _finish_batch_on_sigterm() -> None:
+    """In a prefork child, make SIGTERM finish the batch in flight instead of killing it.
+
+    billiard makes a child exit on SIGTERM, mid-request, leaving its rows to wait out their
+    lease (celery/celery#4795), and systemd or `kill 0` signal the whole process group. It
+    installs that handler after worker_process_init, so ours is set on the first task. The
+    hard time limit, below the lease, still ends a child that hangs.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: _stop_requested.set())
 
 
 @worker_shutting_down.connect
 def _on_shutdown(**_: Any) -> None:
     # Solo and thread pools run tasks in this process: let the current batch finish and stop.
-    if _dispatcher is not None:
-        _dispatcher.stopping.set()
+    _stop_requested.set()
 
 
 @app.task(name=DISPATCH_TASK)
 def dispatch() -> dict[str, Any]:
     """Claim and send due rows until none are due or the time budget is spent."""
     dispatcher = get_dispatcher()
-    report = dispatcher.run()
+    try:
+        report = dispatcher.run()
+    except OperationalError as e:
+        # Nothing was lost: claimed rows come back when their lease runs out.
+        log.error("dispatch stopped: database unavailable (%s)", type(e.orig).__name__)
+        return {"error": "database unavailable"}
     if report.budget_spent and not dispatcher.stopping.is_set():
         # More may be due: hand over to a fresh task instead of holding this slot forever.
         dispatch.apply_async(expires=WAKEUP_EXPIRES_SECONDS)
@@ -68,10 +97,14 @@ def sweep() -> dict[str, Any]:
     plain SQL, worker killed).
     """
     dispatcher = get_dispatcher()
-    if dispatcher.recheck_credentials() is not True:
-        return {"paused": True, "woken": 0}
-    with dispatcher.engine.begin() as conn:
-        due = store.any_due(conn, utc_now())
+    try:
+        if dispatcher.recheck_credentials() is not True:
+            return {"paused": True, "woken": 0}
+        with dispatcher.engine.begin() as conn:
+            due = store.any_due(conn, utc_now())
+    except OperationalError as e:
+        log.error("sweep skipped: database unavailable (%s)", type(e.orig).__name__)
+        return {"error": "database unavailable"}
     woken = dispatcher.settings.sweep_fanout if due else 0
     for _ in range(woken):
         dispatch.apply_async(expires=WAKEUP_EXPIRES_SECONDS)

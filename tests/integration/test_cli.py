@@ -302,7 +302,7 @@ def test_an_unreachable_database_gives_one_line_without_the_password(
     monkeypatch.setenv("OUTBOX_DATABASE_URL",
                        "postgresql+psycopg://outbox:s3cret-pw@127.0.0.1:9/outbox")
     reset_settings()
-    code, out, err = run(capsys, "status")
+    code, _, err = run(capsys, "status")
     assert code == 2
     assert len(err.splitlines()) == 1
     assert err.startswith("spotler-outbox: error: cannot use the database at "
