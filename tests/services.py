@@ -6,6 +6,7 @@ these private ones, each on its own free loopback port and data directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -86,10 +87,8 @@ class ThrowawayPostgres:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(AssertionError):  # already stopped
             self.stop("immediate")
-        except AssertionError:
-            pass  # already stopped
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

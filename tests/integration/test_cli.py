@@ -320,6 +320,17 @@ def test_a_missing_sqlite_outbox_is_reported_instead_of_created(
     assert not (tmp_path / "absent.db").exists()
 
 
+def test_migrate_creates_an_outbox_that_status_can_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OUTBOX_DATABASE_URL", f"sqlite:///{tmp_path / 'fresh.db'}")
+    reset_settings()
+    code, out, _ = run(capsys, "migrate")
+    assert code == 0 and "schema is up to date" in out
+    code, out, _ = run(capsys, "status", "--json")
+    assert code == 0 and json.loads(out)["total"] == 0
+
+
 @pytest.fixture
 def fake() -> Iterator[RunningFakeApi]:
     with start_fake_api(account=ACCOUNT, api_key=API_KEY) as running:
