@@ -38,7 +38,7 @@ class ChaosReport:
     api_fault_phases: int = 0
     api_5xx: int = 0
     api_429: int = 0
-    client_timeouts: int = 0
+    timed_out_event_sends: int = 0
     requests: int = 0
     producer_retries: int = 0
     lost: int = 0
@@ -223,7 +223,7 @@ class Chaos:
                 report.unexplained_duplicates.append(
                     f"{orderid}: received {times}x, attempts {row.attempts}, recorded {dict(mine)}")
         report.duplicates_by_cause = dict(causes)
-        report.client_timeouts = sum(c["timeout"] for c in recorded.values())
+        report.timed_out_event_sends = sum(c["timeout"] for c in recorded.values())
 
 
 def _attempts_per_row(conn: sa.Connection) -> dict[int, Counter[str]]:

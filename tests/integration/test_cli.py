@@ -86,6 +86,9 @@ def test_status_counts_rows_per_status_in_text_and_json(
     assert report["oldest_due_orderid"] in ("P-1", "P-2")
     assert report["paused"] is False
     assert report["deliveries_per_minute_5m"] == pytest.approx(0.2)
+    last = dt.datetime.fromisoformat(report["last_delivered_at"])
+    assert abs((now() - last).total_seconds()) < 60
+    assert 0 <= report["oldest_due_age_seconds"] < 60
 
 
 def test_status_shows_a_pause_with_its_reason(
