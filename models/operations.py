@@ -186,8 +186,10 @@ def count_status(conn: sa.Connection, status: Status) -> int:
 
 
 def _requeue_values(now: dt.datetime) -> dict[str, Any]:
+    # requeued_at restarts the retry window: an old order re-queued by hand gets a full one.
     return {"status": Status.PENDING.value, "next_attempt_at": now, "attempts": 0,
-            "updated_at": now, "claim_token": None, "lease_expires_at": None}
+            "updated_at": now, "requeued_at": now, "claim_token": None,
+            "lease_expires_at": None}
 
 
 def _change_one(

@@ -36,7 +36,7 @@ class ClaimedRow:
     orderid: str
     payload: str
     attempts: int  # including the one this claim starts
-    created_at: dt.datetime
+    retry_window_start: dt.datetime  # created, or re-queued by an operator
 
 
 @dataclass(frozen=True)
@@ -81,20 +81,20 @@ def claim_due(
         "updated_at": now,
     }
     columns = (events.c.id, events.c.orderid, events.c.payload, events.c.attempts,
-               events.c.created_at)
+               sa.func.coalesce(events.c.requeued_at, events.c.created_at).label("since"))
     if conn.dialect.name in ("mysql", "mariadb"):
         # MariaDB has no UPDATE ... RETURNING: lock the rows, then update them by id.
         locked = conn.execute(pick.with_only_columns(*columns)).all()
         if not locked:
             return []
         conn.execute(events.update().where(events.c.id.in_([r.id for r in locked])).values(claim))
-        return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts + 1, r.created_at)
+        return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts + 1, r.since)
                 for r in locked]
     rows = conn.execute(
         events.update().where(events.c.id.in_(pick.scalar_subquery())).values(claim)
         .returning(*columns)
     ).all()
-    return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts, r.created_at) for r in rows]
+    return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts, r.since) for r in rows]
 
 
 def _held(ids: Iterable[int], token: str) -> sa.ColumnElement[bool]:

@@ -107,6 +107,8 @@ class OutboxEvent(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=utc_now())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=utc_now())
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Set when an operator re-queues the row (retry, resend): the retry window starts again.
+    requeued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     attempts_made: Mapped[list[AttemptEvent]] = relationship(
         back_populates="outbox_event", viewonly=True

@@ -52,8 +52,10 @@ class _Waker:
             self._app = Celery("spotler_outbox_producer", broker=self.broker_url,
                                set_as_current=False)
             self._app.conf.broker_connection_timeout = 2
-            self._app.conf.broker_transport_options = {"socket_connect_timeout": 2,
-                                                       "socket_timeout": 2}
+            if self.broker_url.startswith(("redis://", "rediss://")):
+                # A broker that is down must cost this thread seconds, not minutes.
+                self._app.conf.broker_transport_options = {"socket_connect_timeout": 2,
+                                                           "socket_timeout": 2}
         self._app.send_task(DISPATCH_TASK, expires=WAKEUP_EXPIRES_SECONDS, retry=False,
                             ignore_result=True)
 

@@ -117,6 +117,16 @@ def server_database_url(request: pytest.FixtureRequest, tmp_root: Path) -> Itera
 
 
 @pytest.fixture
+def postgres_url(tmp_root: Path) -> Iterator[str]:
+    """The migrated, emptied PostgreSQL test database alone."""
+    url = _migrated_url("postgresql", tmp_root)
+    engine = make_engine(url)
+    wipe(engine)
+    engine.dispose()
+    yield url
+
+
+@pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
     yield engine

@@ -41,9 +41,7 @@ def celery_config() -> dict[str, Any]:
         # One message at a time per process: a prefetched wake-up would wait behind a long
         # dispatch while another process sits idle.
         "worker_prefetch_multiplier": 1,
-        # Redis re-delivers an unacked message after the visibility timeout; keep it far above
-        # the longest claim, so a slow dispatch is not run twice in parallel by redelivery.
-        "broker_transport_options": {"visibility_timeout": max(3600, int(lease * 10))},
+        "broker_transport_options": _transport_options(settings.broker_url, lease),
         "task_ignore_result": True,
         "task_store_errors_even_if_ignored": False,
         # A dispatch stops starting new batches after its budget; the hard limit only catches
@@ -65,6 +63,15 @@ def celery_config() -> dict[str, Any]:
         "beat_max_loop_interval": max(1.0, settings.sweep_interval),
         "timezone": "UTC",
     }
+
+
+def _transport_options(broker_url: str, lease: float) -> dict[str, Any]:
+    if broker_url.split("+", 1)[0] in ("sqla", "sqlalchemy"):
+        # kombu's SQLAlchemy transport hands these to create_engine(), which takes none of them.
+        return {}
+    # Redis re-delivers an unacked message after the visibility timeout; keep it far above
+    # the longest claim, so a slow dispatch is not run twice in parallel by redelivery.
+    return {"visibility_timeout": max(3600, int(lease * 10))}
 
 
 app.config_from_object(_LazyConfig())

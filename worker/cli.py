@@ -469,7 +469,8 @@ def _database_problem(e: sa.exc.DBAPIError, url: str) -> str:
     password = make_url(url).password if url else None
     if password:
         detail = detail.replace(str(password), "***")
-    if re.search(r"no such table|does not exist|doesn't exist", detail, re.IGNORECASE):
+    if re.search(r"no such table|relation .* does not exist|table .* doesn't exist", detail,
+                 re.IGNORECASE):
         return f"the outbox tables are missing in {shown_url(url)} ({detail}); " \
                f"run `{PROG} migrate`"
     return f"cannot use the database at {shown_url(url)}: {detail}"

@@ -339,7 +339,7 @@ class _Batch:
         retries: list[Retry] = []
         exhausted: list[int] = []
         for row in rows:
-            at = self.d.policy.next_attempt(attempts=row.attempts, created_at=row.created_at,
+            at = self.d.policy.next_attempt(attempts=row.attempts, since=row.retry_window_start,
                                             now=now, retry_after=retry_after,
                                             jitter=self.d.jitter)
             if at is None:

@@ -39,7 +39,7 @@ class RetryPolicy:
         return min(max(retry_after, 0.0), self.retry_after_cap)
 
     def next_attempt(
-        self, *, attempts: int, created_at: dt.datetime, now: dt.datetime,
+        self, *, attempts: int, since: dt.datetime, now: dt.datetime,
         retry_after: float | None = None, jitter: Jitter = random.random,
     ) -> dt.datetime | None:
         """The time of the next attempt, or None when the row has run out of attempts or age."""
@@ -50,7 +50,7 @@ class RetryPolicy:
         if honoured is not None:
             wait = max(wait, honoured)
         at = now + dt.timedelta(seconds=wait)
-        if (at - created_at).total_seconds() > self.max_age:
+        if (at - since).total_seconds() > self.max_age:
             return None
         return at
 

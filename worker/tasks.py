@@ -9,7 +9,7 @@ import socket
 import threading
 from typing import Any
 
-from celery.signals import worker_process_init, worker_shutting_down
+from celery.signals import worker_init, worker_process_init, worker_shutting_down
 from sqlalchemy.exc import OperationalError
 
 from models import store
@@ -46,12 +46,20 @@ def get_dispatcher() -> Dispatcher:
 
 
 _in_pool_child = False
+_main_pid: int | None = None
+
+
+@worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    global _main_pid
+    _main_pid = os.getpid()
 
 
 @worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
+    # The solo pool sends this signal in the main process, whose SIGTERM handler is Celery's.
     global _in_pool_child
-    _in_pool_child = True
+    _in_pool_child = os.getpid() != _main_pid
     configure_logging(get_settings())
 
 

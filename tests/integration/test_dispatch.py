@@ -220,3 +220,25 @@ def test_an_expired_lease_makes_a_claimed_row_claimable_again_and_the_old_claim_
     with engine.begin() as conn:
         assert store.mark_delivered(conn, [first[0].id], token="dead-worker",
                                     now=now, http_status=200) == 0
+
+
+def test_an_operator_retry_of_an_old_order_gets_a_full_retry_window(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    import datetime as dt
+
+    from models import operations
+
+    dispatcher = make_dispatcher(database_url, api, max_age=3600)
+    seed(engine, ["OLD-1"], dispatcher.settings)
+    two_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE outbox_events SET status = 'failed', created_at = :t"),
+                     {"t": two_days_ago.replace(tzinfo=None) if engine.dialect.name != "postgresql"
+                      else two_days_ago})
+        operations.retry_failed(conn, "OLD-1", now=dt.datetime.now(dt.UTC))
+    api.state.set_faults(Faults(fail_next=1, error_status=503))
+    dispatcher.run_once()
+    assert row(engine, "OLD-1").status == Status.PENDING  # retried, not failed for its age
+    drain(dispatcher)
+    assert row(engine, "OLD-1").status == Status.DELIVERED

@@ -32,19 +32,19 @@ def test_the_default_schedule_spans_about_a_day() -> None:
 
 
 def test_a_row_that_used_its_last_attempt_gets_no_next_attempt() -> None:
-    assert POLICY.next_attempt(attempts=17, created_at=NOW, now=NOW) is None
-    assert POLICY.next_attempt(attempts=16, created_at=NOW, now=NOW, jitter=lambda: 0) == NOW
+    assert POLICY.next_attempt(attempts=17, since=NOW, now=NOW) is None
+    assert POLICY.next_attempt(attempts=16, since=NOW, now=NOW, jitter=lambda: 0) == NOW
 
 
 def test_a_row_older_than_the_maximum_age_gets_no_next_attempt() -> None:
     old = NOW - dt.timedelta(days=1, seconds=1)
-    assert POLICY.next_attempt(attempts=1, created_at=old, now=NOW, jitter=lambda: 0) is None
+    assert POLICY.next_attempt(attempts=1, since=old, now=NOW, jitter=lambda: 0) is None
 
 
 def test_retry_after_is_honoured_but_bounded() -> None:
-    at = POLICY.next_attempt(attempts=1, created_at=NOW, now=NOW, retry_after=120,
+    at = POLICY.next_attempt(attempts=1, since=NOW, now=NOW, retry_after=120,
                              jitter=lambda: 0)
     assert at == NOW + dt.timedelta(seconds=120)
-    at = POLICY.next_attempt(attempts=1, created_at=NOW, now=NOW, retry_after=10**9,
+    at = POLICY.next_attempt(attempts=1, since=NOW, now=NOW, retry_after=10**9,
                              jitter=lambda: 0)
     assert at == NOW + dt.timedelta(seconds=3600)

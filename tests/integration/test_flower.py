@@ -1,0 +1,76 @@
+"""Flower, started against the test broker, shows the worker and a finished dispatch task."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+from sqlalchemy.engine import Engine
+
+from models.database import make_engine
+from tests.integration.fixtures import ACCOUNT, API_KEY
+from tests.integration.test_delivery_e2e import all_settled, enqueue_orders, producer_settings
+from tests.integration.workers import redis_or_skip, running_worker, wait_for, worker_environment
+from tests.services import free_port, wait_port
+from worker.fake_api import RunningFakeApi, start_fake_api
+
+AUTH = ("operator", "flower-secret")
+
+
+@pytest.fixture
+def broker() -> Iterator[redis.Redis]:
+    client = redis_or_skip()
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture
+def api() -> Iterator[RunningFakeApi]:
+    with start_fake_api(account=ACCOUNT, api_key=API_KEY) as running:
+        yield running
+
+
+def test_flower_shows_the_worker_and_a_finished_dispatch_task_without_secrets(
+    postgres_url: str, api: RunningFakeApi, broker: redis.Redis, tmp_path: Path,
+) -> None:
+    env = worker_environment(postgres_url, api.url)
+    port = free_port()
+    flower = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}",
+         "--address=127.0.0.1", f"--basic-auth={AUTH[0]}:{AUTH[1]}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine: Engine = make_engine(postgres_url)
+    try:
+        wait_port(port)
+        base = f"http://127.0.0.1:{port}"
+        assert requests.get(f"{base}/api/workers", timeout=5).status_code == 401
+        with running_worker("flowerw", env, tmp_path):
+            enqueue_orders(engine, producer_settings(postgres_url), ["FL-1"])
+            wait_for(lambda: all_settled(engine, 1), 20, "the delivery")
+
+            def finished_dispatch() -> dict[str, object] | None:
+                tasks = requests.get(f"{base}/api/tasks", auth=AUTH, timeout=5).json()
+                for task in tasks.values():
+                    if task["name"] == "spotler_outbox.dispatch" and task["state"] == "SUCCESS" \
+                            and "'delivered': 1" in str(task.get("result")):
+                        return dict(task)
+                return None
+
+            task = wait_for(finished_dispatch, 20, "Flower to see the dispatch task")
+            workers = wait_for(lambda: requests.get(
+                f"{base}/api/workers?refresh=1", auth=AUTH, timeout=10).json(),
+                30, "Flower's worker list")
+            assert any(name.startswith("flowerw@") for name in workers)
+            assert task["args"] in ("()", "[]") and task["kwargs"] in ("{}", "")
+            everything = requests.get(f"{base}/api/tasks", auth=AUTH, timeout=5).text
+            assert API_KEY not in everything and "@example.com" not in everything
+    finally:
+        flower.terminate()
+        flower.wait(10)
+        engine.dispose()
