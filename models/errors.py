@@ -59,5 +59,9 @@ class PartialFailure(DeliveryError):
     """A 2xx whose body says not every event was accepted."""
 
 
+class UsageError(OutboxError):
+    """Arguments that parse but cannot be acted on as given (exit 2, like argparse's own)."""
+
+
 class NotFound(OutboxError):
     """An operator named an order the outbox does not hold."""

@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,101 +23,43 @@ from sqlalchemy.engine import Engine, make_url
 from models import operations as ops
 from models import schema
 from models.database import make_engine
-from models.errors import ConfigurationError, DeliveryError, InvalidEvent, NotFound, OutboxError
+from models.errors import (
+    ConfigurationError,
+    DeliveryError,
+    InvalidEvent,
+    NotFound,
+    OutboxError,
+    UsageError,
+)
 from models.settings import Settings, get_settings
 from models.tables import DUE_STATUSES, Status
 from models.validation import validate_purchase
 from worker import fake_api, importer
+from worker.cli_format import (
+    ago,
+    confirm,
+    human_age,
+    parse_cutoff,
+    parse_duration,
+    positive_int,
+    short,
+    shown_url,
+    stamp,
+    table,
+)
 from worker.client import SpotlerClient
 from worker.logs import configure_logging, mask_emails
 
 PROG = "spotler-outbox"
 OK, PROBLEMS, USAGE, NOT_FOUND = 0, 1, 2, 3
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 AUDIENCE_CHECK = """\
 To see it arrive: in Spotler Activate, open Audience > Profiles, search for the e-mail address
 you gave with --email, open the profile and look for a Purchase event with orderid {orderid}
 in its event history (it can take a minute to show).{hashed}"""
 
 
-class UsageError(OutboxError):
-    """Arguments that parse but cannot be acted on as given (exit 2, like argparse's own)."""
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def shown_url(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<unparsable URL>"
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text.lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 10m, 2h, 1d or 2w, "
-                                         f"got {text!r}")
-    return dt.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return int(text)
-
-
-def parse_cutoff(text: str, now: dt.datetime) -> dt.datetime:
-    """A duration ago, or an ISO date/datetime (UTC when it names no zone)."""
-    try:
-        return now - parse_duration(text)
-    except argparse.ArgumentTypeError:
-        pass
-    try:
-        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as e:
-        raise ConfigurationError(f"--delivered-before: expected a duration such as 30d or an "
-                                 f"ISO date such as 2026-01-31, got {text!r}") from e
-    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
-
-
-def human_age(seconds: float) -> str:
-    s = max(int(seconds), 0)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def _stamp(when: dt.datetime | None) -> str:
-    return when.strftime("%Y-%m-%d %H:%M:%S UTC") if when else "-"
-
-
-def _ago(when: dt.datetime | None, now: dt.datetime) -> str:
-    if when is None:
-        return "never"
-    delta = (now - when).total_seconds()
-    return f"{_stamp(when)} ({human_age(delta)} ago)" if delta >= 0 else \
-        f"{_stamp(when)} (in {human_age(-delta)})"
-
-
-def _short(text: str | None, limit: int) -> str:
-    if not text:
-        return "-"
-    flat = mask_emails(" ".join(text.split()))
-    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    lines = [headers, *rows]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-                     for line in lines)
 
 
 @contextmanager
@@ -133,16 +75,6 @@ def database(settings: Settings, *, must_exist: bool = True) -> Iterator[Engine]
         yield engine
     finally:
         engine.dispose()
-
-
-def confirm(question: str, yes: bool) -> bool:
-    if yes:
-        return True
-    if not sys.stdin or not sys.stdin.isatty():
-        raise UsageError(f"{question.rstrip('?')}: not without confirmation, and stdin is not a "
-                       "terminal to ask on; pass --yes")
-    answer = input(f"{question} [y/N] ").strip().lower()
-    return answer in ("y", "yes")
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -183,12 +115,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     oldest = "none" if oldest_age is None else \
         f"{human_age(oldest_age)} old (orderid {s.oldest_due_orderid})"
     dispatch = "running" if not c.paused else \
-        f"PAUSED since {_stamp(c.paused_since)}: {mask_emails(c.paused_reason or '')}"
+        f"PAUSED since {stamp(c.paused_since)}: {mask_emails(c.paused_reason or '')}"
     print(f"Oldest due row:      {oldest}")
-    print(f"Last delivery:       {_ago(s.last_delivered_at, now)}")
+    print(f"Last delivery:       {ago(s.last_delivered_at, now)}")
     print(f"Deliveries/minute:   {s.deliveries_per_minute():.1f} (last 5 minutes)")
     print(f"Dispatch:            {dispatch}")
-    print(f"Rate-limit hold:     {'none' if held is None else 'until ' + _ago(held, now)}")
+    print(f"Rate-limit hold:     {'none' if held is None else 'until ' + ago(held, now)}")
     return OK
 
 
@@ -212,7 +144,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         return OK
     print(table(("ID", "ORDERID", "STATUS", "ATTEMPTS", "NEXT ATTEMPT", "HTTP", "LAST ERROR"), [
         (str(r.id), r.orderid, r.status, str(r.attempts), _next_attempt(r, now),
-         str(r.last_http_status or "-"), _short(r.last_error, 60)) for r in rows]))
+         str(r.last_http_status or "-"), short(r.last_error, 60)) for r in rows]))
     if total > len(rows):
         print(f"(showing {len(rows)} of {total} matching orders; raise --limit to see more)")
     return OK
@@ -230,8 +162,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     print(f"Order {row.orderid} (outbox id {row.id})")
     for label, value in (
         ("status", row.status), ("attempts", str(row.attempts)), ("resends", str(row.resends)),
-        ("created", _ago(row.created_at, now)), ("updated", _ago(row.updated_at, now)),
-        ("next attempt", _next_attempt(row, now)), ("delivered", _ago(row.delivered_at, now)),
+        ("created", ago(row.created_at, now)), ("updated", ago(row.updated_at, now)),
+        ("next attempt", _next_attempt(row, now)), ("delivered", ago(row.delivered_at, now)),
         ("last HTTP", str(row.last_http_status or "-")),
         ("last error", mask_emails(row.last_error or "-")),
     ):
@@ -241,9 +173,9 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     print(f"Attempts ({len(attempts)}):")
     if attempts:
         print(table(("  TIME", "#", "BATCH", "HTTP", "OUTCOME", "DURATION", "RESPONSE"), [
-            ("  " + _stamp(a.started_at), str(a.attempt_number), str(a.event_count),
+            ("  " + stamp(a.started_at), str(a.attempt_number), str(a.event_count),
              str(a.http_status or "-"), a.outcome, f"{a.duration_ms} ms",
-             _short(a.response_excerpt, 70)) for a in attempts]))
+             short(a.response_excerpt, 70)) for a in attempts]))
     return OK
 
 
@@ -292,7 +224,7 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
     before = parse_cutoff(args.delivered_before, _now())
     with database(settings) as engine:
         purged, attempts = ops.purge(engine, delivered_before=before)
-    print(f"purged {purged} orders delivered before {_stamp(before)} and {attempts} delivery "
+    print(f"purged {purged} orders delivered before {stamp(before)} and {attempts} delivery "
           "attempts no order refers to any more")
     return OK
 
