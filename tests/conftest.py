@@ -19,7 +19,8 @@ from models.database import make_engine
 from models.settings import Settings, reset_settings
 from models.tables import Base
 
-TEST_DB = "spotler_outbox_test"
+# A separate name lets two test runs share the servers without wiping each other's rows.
+TEST_DB = os.environ.get("TEST_DB_NAME", "spotler_outbox_test")
 SERVER_URLS = {
     "postgresql": os.environ.get(
         "TEST_POSTGRES_URL", f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DB}"),

@@ -34,7 +34,7 @@ from models.errors import (
 from models.settings import Settings, get_settings
 from models.tables import DUE_STATUSES, Status
 from models.validation import validate_purchase
-from worker import fake_api, importer
+from worker import fake_api, importer, metrics
 from worker.cli_format import (
     ago,
     confirm,
@@ -383,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accept-fewer", action="store_true")
     p.add_argument("--reject-orderid", action="append", default=[], metavar="ORDERID")
     p.add_argument("--seed", type=int)
+    p = command("metrics", metrics.cmd_metrics, "serve Prometheus metrics read from the outbox")
+    p.add_argument("--host", default="127.0.0.1", help="keep it on loopback or a private net")
+    p.add_argument("--port", type=int, default=9808)
     p = command("demo", cmd_demo, "run the whole pipeline locally: SQLite, fake API, a worker")
     p.add_argument("--orders", type=positive_int, default=500)
     p.add_argument("--dir", default="demo-run", help="where the SQLite files and the worker "

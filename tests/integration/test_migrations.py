@@ -12,14 +12,14 @@ from alembic.migration import MigrationContext
 from models import schema
 from models.database import make_engine
 from models.tables import Base
-from tests.conftest import BACKENDS, backend_url
+from tests.conftest import BACKENDS, TEST_DB, backend_url
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_upgrade_downgrade_upgrade_leaves_a_schema_identical_to_the_models(
     backend: str, tmp_root: Path
 ) -> None:
-    url = backend_url(backend, tmp_root, database="spotler_outbox_migrations")
+    url = backend_url(backend, tmp_root, database=f"{TEST_DB}_migrations")
     schema.downgrade(url, "base")
     schema.upgrade(url)
     schema.downgrade(url, "base")
