@@ -21,26 +21,11 @@ from tests.conftest import purchase
 from tests.integration.fixtures import ACCOUNT, API_KEY, insert_raw, row
 from tests.integration.workers import (
     REDIS_URL,
-    redis_or_skip,
     running_worker,
     wait_for,
     worker_environment,
 )
-from worker.fake_api import Faults, RunningFakeApi, start_fake_api
-
-
-@pytest.fixture
-def broker() -> Iterator[redis.Redis]:
-    client = redis_or_skip()
-    client.flushdb()
-    yield client
-    client.flushdb()
-
-
-@pytest.fixture
-def api() -> Iterator[RunningFakeApi]:
-    with start_fake_api(account=ACCOUNT, api_key=API_KEY) as running:
-        yield running
+from worker.fake_api import Faults, RunningFakeApi
 
 
 @pytest.fixture

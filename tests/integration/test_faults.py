@@ -15,11 +15,10 @@ from sqlalchemy.engine import Engine
 from models import schema
 from models.database import make_engine
 from models.settings import Settings
-from tests.integration.fixtures import ACCOUNT, API_KEY
 from tests.integration.test_delivery_e2e import all_settled, counts, enqueue_orders
 from tests.integration.workers import running_worker, wait_for, worker_environment
 from tests.services import ThrowawayPostgres, ThrowawayRedis
-from worker.fake_api import Faults, RunningFakeApi, start_fake_api
+from worker.fake_api import Faults, RunningFakeApi
 
 
 @pytest.fixture
@@ -35,12 +34,6 @@ def redis_server() -> Iterator[ThrowawayRedis]:
     server = ThrowawayRedis()
     yield server
     server.destroy()
-
-
-@pytest.fixture
-def api() -> Iterator[RunningFakeApi]:
-    with start_fake_api(account=ACCOUNT, api_key=API_KEY) as running:
-        yield running
 
 
 @pytest.fixture

@@ -4,36 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 import requests
 from sqlalchemy.engine import Engine
 
 from models.database import make_engine
-from tests.integration.fixtures import ACCOUNT, API_KEY
+from tests.integration.fixtures import API_KEY
 from tests.integration.test_delivery_e2e import all_settled, enqueue_orders, producer_settings
-from tests.integration.workers import redis_or_skip, running_worker, wait_for, worker_environment
+from tests.integration.workers import running_worker, wait_for, worker_environment
 from tests.services import free_port, wait_port
-from worker.fake_api import RunningFakeApi, start_fake_api
+from worker.fake_api import RunningFakeApi
 
 AUTH = ("operator", "flower-secret")
-
-
-@pytest.fixture
-def broker() -> Iterator[redis.Redis]:
-    client = redis_or_skip()
-    client.flushdb()
-    yield client
-    client.flushdb()
-
-
-@pytest.fixture
-def api() -> Iterator[RunningFakeApi]:
-    with start_fake_api(account=ACCOUNT, api_key=API_KEY) as running:
-        yield running
 
 
 def test_flower_shows_the_worker_and_a_finished_dispatch_task_without_secrets(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,9 @@ from models.settings import Settings
 from tests.integration.fixtures import ACCOUNT, API_KEY, delivery_settings, seed
 from worker.client import SpotlerClient
 from worker.dispatch import Dispatcher
-from worker.fake_api import Faults, RunningFakeApi, start_fake_api
+from worker.fake_api import Faults, RunningFakeApi
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def api() -> Iterator[RunningFakeApi]:
-    with start_fake_api(account=ACCOUNT, api_key=API_KEY) as running:
-        yield running
 
 
 def all_text_in_tables(engine: Engine) -> str:

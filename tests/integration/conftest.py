@@ -1,0 +1,27 @@
+"""Fixtures shared by the integration tests: a fresh fake Spotler API and an empty broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.integration.fixtures import ACCOUNT, API_KEY
+from tests.integration.workers import redis_or_skip
+from worker.fake_api import RunningFakeApi, start_fake_api
+
+
+@pytest.fixture
+def api() -> Iterator[RunningFakeApi]:
+    """A fake Spotler API of the test's own: a request it still holds cannot reach another."""
+    with start_fake_api(account=ACCOUNT, api_key=API_KEY) as running:
+        yield running
+
+
+@pytest.fixture
+def broker() -> Iterator[redis.Redis]:
+    client = redis_or_skip()
+    client.flushdb()
+    yield client
+    client.flushdb()
