@@ -25,7 +25,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             f"OUTBOX_DATABASE_URL: {backend!r} is not supported; use postgresql+psycopg, "
             "mysql+pymysql (MariaDB) or sqlite"
         )
-    options: dict[str, Any] = {"pool_pre_ping": True, **kwargs}
+    # hide_parameters: an error message must not carry payloads (e-mail addresses) to logs.
+    options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True, **kwargs}
     if backend in ("mysql", "mariadb"):
         # REPEATABLE READ takes gap locks that make SKIP LOCKED claims block each other.
         options.setdefault("isolation_level", "READ COMMITTED")

@@ -52,11 +52,14 @@ def enqueue_purchase(
     values = {"event": payload["event"], "orderid": payload["orderid"],
               "payload": canonical_json(payload)}
     inserted_id = session.execute(_insert_unless_present(session, values)).scalar()
-    row = session.execute(
-        sa.select(OutboxEvent).where(
-            OutboxEvent.event == values["event"], OutboxEvent.orderid == values["orderid"]
-        )
-    ).scalar_one()
+    find = sa.select(OutboxEvent).where(
+        OutboxEvent.event == values["event"], OutboxEvent.orderid == values["orderid"])
+    if session.get_bind().dialect.name in ("mysql", "mariadb"):
+        # Under REPEATABLE READ (MariaDB's default) INSERT IGNORE sees a row another
+        # transaction committed after our snapshot, but a plain SELECT does not: read the
+        # latest version, as the insert did.
+        find = find.with_for_update(read=True)
+    row = session.execute(find).scalar_one()
     if inserted_id is not None and settings.wakeup_enabled:
         _wake_workers_after_commit(session, settings)
     return EnqueueResult(row=row, created=inserted_id is not None)

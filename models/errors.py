@@ -51,6 +51,10 @@ class AuthFailed(DeliveryError):
     """401/403: the credentials are wrong for every event; pause, do not burn attempts."""
 
 
+class Misdirected(AuthFailed):
+    """A redirect: the URL is wrong for every event (a POST must not follow it, nor the key)."""
+
+
 class Rejected(DeliveryError):
     """Another 4xx: something in the request is bad."""
 

@@ -64,10 +64,27 @@ def _due(now: dt.datetime) -> sa.ColumnElement[bool]:
 def claim_due(
     conn: sa.Connection, *, limit: int, token: str, now: dt.datetime, lease_until: dt.datetime
 ) -> list[ClaimedRow]:
-    """Claim up to `limit` due rows (pending, or in flight with an expired lease) in one go."""
+    """Claim up to `limit` due rows: in flight with an expired lease first, then pending.
+
+    One status per statement, so each reads the (status, next_attempt_at) index in order and
+    stops at `limit`: with `status IN (...)` every dialect sorts the whole due set, and InnoDB
+    would lock all of it, leaving concurrent claimers nothing.
+    """
+    claimed: list[ClaimedRow] = []
+    for status in (Status.IN_FLIGHT.value, Status.PENDING.value):
+        claimed += _claim(conn, status, limit - len(claimed), token, now, lease_until)
+        if len(claimed) >= limit:
+            break
+    return claimed
+
+
+def _claim(
+    conn: sa.Connection, status: str, limit: int, token: str, now: dt.datetime,
+    lease_until: dt.datetime,
+) -> list[ClaimedRow]:
     pick = (
         sa.select(events.c.id)
-        .where(_due(now))
+        .where(events.c.status == status, events.c.next_attempt_at <= now)
         .order_by(events.c.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -88,8 +105,7 @@ def claim_due(
         if not locked:
             return []
         conn.execute(events.update().where(events.c.id.in_([r.id for r in locked])).values(claim))
-        return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts + 1, r.since)
-                for r in locked]
+        return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts + 1, r.since) for r in locked]
     rows = conn.execute(
         events.update().where(events.c.id.in_(pick.scalar_subquery())).values(claim)
         .returning(*columns)
@@ -105,13 +121,26 @@ def _held(ids: Iterable[int], token: str) -> sa.ColumnElement[bool]:
 _RELEASED = {"claim_token": None, "lease_expires_at": None}
 
 
-def renew_lease(
-    conn: sa.Connection, ids: Sequence[int], *, token: str, now: dt.datetime,
-    lease_until: dt.datetime,
+def _claimed(token: str) -> sa.ColumnElement[bool]:
+    return sa.and_(events.c.claim_token == token, events.c.status == Status.IN_FLIGHT.value)
+
+
+def renew_claim(
+    conn: sa.Connection, *, token: str, now: dt.datetime, lease_until: dt.datetime
 ) -> int:
-    """Extend the lease of rows still held; returns how many are still ours."""
-    result = conn.execute(events.update().where(_held(ids, token)).values(
+    """Extend the lease of every row the claim still holds; returns how many that is."""
+    result = conn.execute(events.update().where(_claimed(token)).values(
         lease_expires_at=lease_until, next_attempt_at=lease_until, updated_at=now))
+    return result.rowcount
+
+
+def release_claim(
+    conn: sa.Connection, *, token: str, now: dt.datetime, note: str
+) -> int:
+    """Hand back every row the claim still holds, due now, without counting an attempt."""
+    result = conn.execute(events.update().where(_claimed(token)).values(
+        status=Status.PENDING.value, next_attempt_at=now, attempts=events.c.attempts - 1,
+        updated_at=now, last_error=note, **_RELEASED))
     return result.rowcount
 
 
@@ -150,6 +179,20 @@ def mark_failed(
         conn.execute(events.update().where(_held(ids, token)).values(
             status=Status.FAILED.value, last_error=error, last_http_status=http_status,
             updated_at=now, **_RELEASED))
+
+
+def park_each(
+    conn: sa.Connection, reasons: Sequence[tuple[int, str]], *, token: str, now: dt.datetime
+) -> None:
+    """Park rows as failed, each with its own reason, in one executemany."""
+    if reasons:
+        conn.execute(
+            events.update()
+            .where(events.c.id == sa.bindparam("row_id"), events.c.claim_token == token,
+                   events.c.status == Status.IN_FLIGHT.value)
+            .values(status=Status.FAILED.value, last_error=sa.bindparam("reason"),
+                    last_http_status=None, updated_at=now, **_RELEASED),
+            [{"row_id": row_id, "reason": reason} for row_id, reason in reasons])
 
 
 def release(
@@ -228,7 +271,11 @@ def schedule_auth_check(conn: sa.Connection, *, now: dt.datetime, check_at: dt.d
 
 
 def resume(conn: sa.Connection, *, now: dt.datetime) -> None:
+    """Lift the pause; rows that waited through it get a full retry window again, so the
+    pause itself can never push them past OUTBOX_MAX_AGE_SECONDS into failed."""
     _write_control(conn, now, paused_reason=None, paused_since=None, next_auth_check_at=None)
+    conn.execute(events.update().where(events.c.status == Status.PENDING.value)
+                 .values(requeued_at=now))
 
 
 def hold_until(conn: sa.Connection, *, now: dt.datetime, not_before: dt.datetime) -> None:

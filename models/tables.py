@@ -77,6 +77,13 @@ def _utc_now_mysql(element: Any, compiler: Any, **kw: Any) -> str:
     return "(UTC_TIMESTAMP(6))"
 
 
+# MariaDB's default collations fold case and accents: orderids "AB-1" and "ab-1" would be
+# one order, and the second purchase never sent. Compare them byte for byte.
+def key_text(length: int) -> sa.types.TypeEngine[str]:
+    return sa.String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb")
+
+
 # SQLite only makes INTEGER PRIMARY KEY an auto-incrementing rowid.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 # The payload is kept as the exact JSON text that will be sent (no key reordering).
@@ -91,8 +98,8 @@ class OutboxEvent(Base):
     __tablename__ = "outbox_events"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    event: Mapped[str] = mapped_column(sa.String(64), server_default="Purchase")
-    orderid: Mapped[str] = mapped_column(sa.String(128))
+    event: Mapped[str] = mapped_column(key_text(64), server_default="Purchase")
+    orderid: Mapped[str] = mapped_column(key_text(128))
     payload: Mapped[str] = mapped_column(PayloadText)
     status: Mapped[str] = mapped_column(sa.String(16), server_default=Status.PENDING.value)
     attempts: Mapped[int] = mapped_column(sa.Integer, server_default="0")

@@ -163,7 +163,9 @@ def _check_email(key: str, value: Any, out: dict[str, Any], problems: list[str])
         if _EMAIL.match(address):
             out[key] = address
             return
-        problem = f"must be an e-mail address or its SHA-256 in hex, got {_preview(value)}"
+        # The value itself is not echoed: messages end up in logs and last_error.
+        problem = ("must be an e-mail address or its SHA-256 in hex, got a string of "
+                   f"{len(address)} characters that is neither")
     problems.append(f"{key}: {problem}")
 
 

@@ -49,8 +49,8 @@ def create_database(url: str) -> None:
     else:
         admin = sa.create_engine(parsed.set(database=""))
         with admin.begin() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS `{name}` "
-                                 "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+            # The server's default collation, as a shop's database would have it.
+            conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS `{name}`"))
     admin.dispose()
 
 

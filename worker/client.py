@@ -19,6 +19,7 @@ import requests
 from models.errors import (
     AuthFailed,
     ConfigurationError,
+    Misdirected,
     PartialFailure,
     RateLimited,
     Rejected,
@@ -82,6 +83,11 @@ def classify(
 ) -> Accepted:
     """Map one HTTP answer to Accepted, or raise the DeliveryError subclass that says what to do."""
     short = excerpt(body)
+    if 300 <= status < 400:
+        location = headers.get("Location", "?")
+        raise Misdirected(f"Spotler answered a redirect (HTTP {status} to {location}): check "
+                          "SPOTLER_API_URL; nothing is sent until it answers without one",
+                          http_status=status, excerpt=short)
     if status in (401, 403):
         raise AuthFailed(f"Spotler refused the credentials (HTTP {status})",
                          http_status=status, excerpt=short)
@@ -159,7 +165,10 @@ class SpotlerClient:
 
     def _post(self, path: str, body: bytes) -> tuple[int, str, Mapping[str, str]]:
         try:
-            response = self.session.post(self.base_url + path, data=body, timeout=self.timeout)
+            # Never follow a redirect: requests would turn the POST into a GET (a 2xx to it is
+            # no delivery) and carry X-AUTH-APIKEY to whatever host it names.
+            response = self.session.post(self.base_url + path, data=body, timeout=self.timeout,
+                                         allow_redirects=False)
         except requests.Timeout as e:
             raise RetryableError(f"timed out talking to Spotler ({type(e).__name__})") from e
         except requests.ConnectionError as e:

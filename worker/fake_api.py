@@ -126,7 +126,10 @@ class FakeSpotler:
             kept = active.accepted(count)
         if shape_problem is not None:
             return self._finish(Reply(400, {"success": False, "errors": [shape_problem]}), count)
-        orderids, errors = validate_batch(events) if not rejections else ([], rejections)
+        if rejections:
+            return self._finish(Reply(active.faults.reject_status,
+                                      {"success": False, "errors": rejections}), count)
+        orderids, errors = validate_batch(events)
         if errors:
             return self._finish(Reply(400, {"success": False, "errors": errors}), count)
         with self._lock:

@@ -46,6 +46,8 @@ class Faults:
     error_rate: float = 0.0
     error_status: int = 503
     reject_orderids: list[str] = field(default_factory=list)
+    # 403 plays a WAF or proxy that refuses one payload while the credentials are fine.
+    reject_status: int = 400
     accept_fewer: bool = False
     seed: int | None = None
 
@@ -64,6 +66,9 @@ class Faults:
         if not _is_int(self.error_status) or not 400 <= self.error_status <= 599:
             raise ValueError(f"fault error_status: must be an HTTP status from 400 to 599, "
                              f"got {self.error_status!r}")
+        if not _is_int(self.reject_status) or not 400 <= self.reject_status <= 499:
+            raise ValueError(f"fault reject_status: must be an HTTP status from 400 to 499, "
+                             f"got {self.reject_status!r}")
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError(f"fault seed: must be a whole number or null, got {self.seed!r}")
         orderids: Any = self.reject_orderids

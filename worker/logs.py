@@ -54,12 +54,21 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
-    """Install one redacting handler on the project's loggers (idempotent)."""
+    """Install one redacting handler on the project's loggers (idempotent).
+
+    Celery's and the root logger's handlers get the same filter: a task's traceback passes
+    through them, not through ours.
+    """
+    redacting = RedactingFilter((settings.api_key,))
+    for name in ("", "celery", "celery.app.trace", "celery.worker"):
+        for other in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactingFilter) for f in other.filters):
+                other.addFilter(redacting)
     logger = logging.getLogger("spotler_outbox")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactingFilter((settings.api_key,)))
+    handler.addFilter(redacting)
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -7,18 +7,19 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_shutting_down
 from sqlalchemy.exc import OperationalError
 
-from models import store
 from models.database import make_engine
 from models.settings import get_settings
 from models.wakeup import DISPATCH_TASK, WAKEUP_EXPIRES_SECONDS
 from worker.celery import app
 from worker.client import SpotlerClient
-from worker.dispatch import Dispatcher, DispatchReport, utc_now
+from worker.dispatch import Dispatcher, DispatchReport
 from worker.logs import configure_logging
 
 log = logging.getLogger("spotler_outbox.tasks")
@@ -40,8 +41,6 @@ def get_dispatcher() -> Dispatcher:
         )
         _dispatcher.stopping = _stop_requested
         _dispatcher_pid = os.getpid()
-        if _in_pool_child:
-            _finish_batch_on_sigterm()
     return _dispatcher
 
 
@@ -63,16 +62,24 @@ def _on_process_init(**_: Any) -> None:
     configure_logging(get_settings())
 
 
-def _finish_batch_on_sigterm() -> None:
+@contextmanager
+def _sigterm_finishes_the_batch() -> Iterator[None]:
     """In a prefork child, make SIGTERM finish the batch in flight instead of killing it.
 
     billiard makes a child exit on SIGTERM, mid-request, leaving its rows to wait out their
-    lease (celery/celery#4795), and systemd or `kill 0` signal the whole process group. It
-    installs that handler after worker_process_init, so ours is set on the first task. The
-    hard time limit, below the lease, still ends a child that hangs.
+    lease (celery/celery#4795), and systemd or `kill 0` signal the whole process group. The
+    handler is ours only while a dispatch runs: an idle child still exits on SIGTERM, and a
+    signal caught during one run does not silence the next.
     """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: _stop_requested.set())
+    if not _in_pool_child or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _stop_requested.clear()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _stop_requested.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @worker_shutting_down.connect
@@ -86,7 +93,8 @@ def dispatch() -> dict[str, Any]:
     """Claim and send due rows until none are due or the time budget is spent."""
     dispatcher = get_dispatcher()
     try:
-        report = dispatcher.run()
+        with _sigterm_finishes_the_batch():
+            report = dispatcher.run()
     except OperationalError as e:
         # Nothing was lost: claimed rows come back when their lease runs out.
         log.error("dispatch stopped: database unavailable (%s)", type(e.orig).__name__)
@@ -108,8 +116,7 @@ def sweep() -> dict[str, Any]:
     try:
         if dispatcher.recheck_credentials() is not True:
             return {"paused": True, "woken": 0}
-        with dispatcher.engine.begin() as conn:
-            due = store.any_due(conn, utc_now())
+        due = dispatcher.has_due_rows()
     except OperationalError as e:
         log.error("sweep skipped: database unavailable (%s)", type(e.orig).__name__)
         return {"error": "database unavailable"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from models.tables import BigId, PayloadText, UTCDateTime, utc_now
+from models.tables import BigId, PayloadText, UTCDateTime, key_text, utc_now
 
 revision = "0001"
 down_revision = None
@@ -24,8 +24,8 @@ def upgrade() -> None:
     op.create_table(
         "outbox_events",
         sa.Column("id", BigId, primary_key=True, autoincrement=True),
-        sa.Column("event", sa.String(64), nullable=False, server_default="Purchase"),
-        sa.Column("orderid", sa.String(128), nullable=False),
+        sa.Column("event", key_text(64), nullable=False, server_default="Purchase"),
+        sa.Column("orderid", key_text(128), nullable=False),
         sa.Column("payload", PayloadText, nullable=False),
         sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),

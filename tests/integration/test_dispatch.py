@@ -185,6 +185,7 @@ def test_a_partial_answer_is_not_recorded_as_delivered_and_falls_back_to_smaller
     ("{not json", "payload: not valid JSON"),
     (json.dumps({"event": "Purchase", "orderid": "X-2", "products": []}), "email: is required"),
     (json.dumps(purchase("other")), "orderid: the payload says 'other'"),
+    ("[" * 100_000 + "]" * 100_000, "payload: JSON nested too deeply"),
 ])
 def test_a_malformed_row_inserted_with_plain_sql_is_parked_and_the_others_still_go(
     database_url: str, engine: Engine, api: RunningFakeApi, payload: str, reason: str
@@ -242,3 +243,50 @@ def test_an_operator_retry_of_an_old_order_gets_a_full_retry_window(
     assert row(engine, "OLD-1").status == Status.PENDING  # retried, not failed for its age
     drain(dispatcher)
     assert row(engine, "OLD-1").status == Status.DELIVERED
+
+
+def test_a_403_on_one_payload_while_the_key_works_parks_that_event_instead_of_pausing(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=8)
+    seed(engine, [f"W-{i}" for i in range(8)], dispatcher.settings)
+    api.state.set_faults(Faults(reject_orderids=["W-3"], reject_status=403))
+    report = dispatcher.run()
+    assert not report.paused
+    result = statuses(engine)
+    assert result.pop("W-3") == Status.FAILED
+    assert set(result.values()) == {Status.DELIVERED}
+    assert "verifyAuth accepts the credentials" in row(engine, "W-3").last_error
+
+
+def test_a_claim_that_outlasts_its_lease_renews_it_for_every_row_still_held(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    # lease 7 s = connect + read + margin: every request of the split renews the whole claim.
+    dispatcher = make_dispatcher(database_url, api, batch_size=8, lease_seconds=7.0,
+                                 connect_timeout=0.5, read_timeout=1.5)
+    seed(engine, [f"N-{i}" for i in range(8)], dispatcher.settings)
+    api.state.set_faults(Faults(reject_orderids=["N-5"]))
+    report = dispatcher.run()
+    assert report.lost_claims == 0 and report.requests > 3
+    result = statuses(engine)
+    assert result.pop("N-5") == Status.FAILED
+    assert set(result.values()) == {Status.DELIVERED}
+
+
+def test_an_unexpected_error_mid_claim_hands_every_row_back_without_an_attempt(
+    database_url: str, engine: Engine, api: RunningFakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dispatcher = make_dispatcher(database_url, api)
+    seed(engine, ["U-1", "U-2"], dispatcher.settings)
+
+    def explode(events: object) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(dispatcher.client, "track", explode)
+    with pytest.raises(RuntimeError):
+        dispatcher.run_once()
+    for orderid in ("U-1", "U-2"):
+        assert row(engine, orderid).status == Status.PENDING
+        assert row(engine, orderid).attempts == 0
+        assert row(engine, orderid).claim_token is None

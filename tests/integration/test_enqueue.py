@@ -153,3 +153,34 @@ def test_every_valid_event_is_stored_and_reads_back_as_exactly_the_json_sent(
         assert stored["products"] == [
             {**p, "id": str(p["id"])} for p in event["products"]]
         assert stored["email"] == event["email"].strip()
+
+
+def test_orderids_that_differ_only_in_case_or_accents_are_two_orders(
+    engine: Engine, settings: Settings
+) -> None:
+    with Session(engine) as session, session.begin():
+        for orderid in ("AB-1", "ab-1", "café-1", "cafe-1"):
+            assert enqueue_purchase(session, purchase(orderid), settings=settings).created
+    assert count_rows(engine) == 4
+
+
+def test_a_duplicate_committed_after_the_callers_snapshot_is_found_under_repeatable_read(
+    database_url: str, settings: Settings
+) -> None:
+    if not database_url.startswith(("mysql", "postgresql")):
+        pytest.skip("needs a server with snapshot isolation")
+    if database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL raises a serialization failure here, as documented")
+    # The order system's own engine, with MariaDB's default isolation level.
+    caller = sa.create_engine(database_url, isolation_level="REPEATABLE READ")
+    other = sa.create_engine(database_url)
+    try:
+        with Session(caller) as session, session.begin():
+            session.execute(sa.select(OutboxEvent.id)).all()  # the snapshot starts here
+            with Session(other) as competing, competing.begin():
+                enqueue_purchase(competing, purchase("RR-1"), settings=settings)
+            result = enqueue_purchase(session, purchase("RR-1"), settings=settings)
+            assert result.duplicate and result.row.orderid == "RR-1"
+    finally:
+        caller.dispose()
+        other.dispose()

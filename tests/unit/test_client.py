@@ -10,6 +10,7 @@ import pytest
 from models.errors import (
     AuthFailed,
     ConfigurationError,
+    Misdirected,
     PartialFailure,
     RateLimited,
     Rejected,
@@ -94,3 +95,35 @@ def test_the_client_refuses_to_start_without_credentials() -> None:
 
 def test_the_api_key_does_not_appear_in_the_settings_repr() -> None:
     assert "s3cret-key" not in repr(Settings(account="a", api_key="s3cret-key"))
+
+
+def test_a_redirect_is_never_followed_and_pauses_instead_of_counting_as_delivered() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: list[str] = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.path)
+            self.send_response(301)
+            self.send_header("Location", "http://127.0.0.2:9/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            seen.append("GET " + self.path)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = SpotlerClient(Settings(api_url=f"http://127.0.0.1:{server.server_port}",
+                                        account="a", api_key="k", connect_timeout=1))
+        with pytest.raises(Misdirected, match=r"HTTP 301 to http://127\.0\.0\.2:9/elsewhere"):
+            client.track([{"event": "Purchase"}])
+    finally:
+        server.shutdown()
+    assert seen == ["/v1/track"]
