@@ -44,16 +44,20 @@ def order_row(orderid: str, n: int) -> dict[str, Any]:
 
 
 def prepare(url: str) -> Engine:
-    """Create the database if missing, migrate it to head, and add the order table."""
+    """Create the database afresh, migrate it to head, and add the order table.
+
+    Dropped first, not reused: a migration edited in place since the last run would otherwise
+    leave an old schema behind Alembic's "already at head".
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql":
         raise SystemExit(f"the benchmark needs PostgreSQL, got {url!r}")
+    if not (parsed.database or "").endswith("_bench"):
+        raise SystemExit(f"refusing to drop {parsed.database!r}: the name must end in _bench")
     admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
-                              {"n": parsed.database}).first()
-        if not exists:
-            conn.execute(sa.text(f'CREATE DATABASE "{parsed.database}"'))
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{parsed.database}"'))
     admin.dispose()
     schema.upgrade(url)
     engine = make_engine(url)
@@ -114,6 +118,12 @@ def postgres_pids(engine: Engine) -> list[int]:
         return [int(pid) for pid in conn.execute(sa.text(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
             "OR backend_type <> 'client backend'")).scalars()]
+
+
+def first_attempt_started(engine: Engine) -> float:
+    with engine.connect() as conn:
+        return float(conn.execute(sa.text(
+            "SELECT extract(epoch FROM min(started_at)) FROM delivery_attempts")).scalar_one())
 
 
 def server_version(engine: Engine) -> str:

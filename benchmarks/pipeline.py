@@ -35,12 +35,13 @@ import sqlalchemy
 from benchmarks import db
 from benchmarks.phases import (
     Bench,
+    run_drain,
     run_enqueue_cost,
     run_idle,
     run_pipeline,
     running_workers,
 )
-from benchmarks.procs import ProcessError, start_fake_api
+from benchmarks.procs import ProcessError, start_fake_api, stop_all
 from benchmarks.rawdb import run_raw
 from benchmarks.report import Row, Target, at_least, at_most, percentile, render
 
@@ -56,10 +57,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="runs; medians are reported")
     p.add_argument("--latency-ms", type=float, default=0.0, help="fake API latency per request")
     p.add_argument("--batch-size", type=int, default=100, help="SPOTLER_BATCH_SIZE (batched)")
+    p.add_argument("--pool", choices=("prefork", "threads"), default="prefork",
+                   help="worker pool, 2 slots either way (threads: for comparing memory)")
     p.add_argument("--idle-orders", type=int, default=30)
     p.add_argument("--idle-pause-ms", type=float, default=200.0)
     p.add_argument("--json", action="store_true", help="also print every raw figure as JSON")
-    p.add_argument("--database-url", default=db.DEFAULT_URL)
+    p.add_argument("--database-url", default=db.DEFAULT_URL,
+                   help="PostgreSQL; dropped and created afresh, so its name must end in _bench")
     p.add_argument("--broker-url", default=os.environ.get("BENCH_BROKER_URL",
                                                           "redis://127.0.0.1:6379/14"))
     p.add_argument("--profile", metavar="DIR", type=Path,
@@ -116,6 +120,8 @@ def one_run(bench: Bench, args: argparse.Namespace, index: int,
     with running_workers(bench, b) as worker:
         say(f"end to end, batch {b}, {n} orders")
         big = run_pipeline(bench, worker, orders=n, tx_size=TX_SIZE, tag=f"e2e{index}")
+        say(f"worker drain, batch {b}, {n} pending rows")
+        drain = run_drain(bench, worker, rows=n)
         say("idle latency")
         idle = run_idle(bench, worker, count=args.idle_orders, pause=args.idle_pause_ms / 1000)
     with running_workers(bench, 1) as worker:
@@ -135,7 +141,10 @@ def one_run(bench: Bench, args: argparse.Namespace, index: int,
         "idle_p95": percentile(idle["latency_ms"], 95), "idle_max": idle["latency_ms"][-1],
         "rss_one": one["rss_mb"],
     })
+    figures["drain"] = drain["events_per_s"]
     figures["ratio_batch"] = figures["e2e"] / figures["e2e_one"]
+    figures["ratio_drain"] = figures["drain"] / figures["e2e_one"]
+    figures["frac_drain_cm"] = figures["drain"] / figures["raw_cm"] * 100
     figures["frac_cm"] = figures["e2e"] / figures["raw_cm"] * 100
     figures["frac_cam"] = figures["e2e"] / figures["raw_cam"] * 100
     for prefix, result in (("cores_", big), ("cores_one_", one)):
@@ -173,22 +182,26 @@ def table_rows(args: argparse.Namespace) -> list[Row | str]:
         Row("commit -> delivered p99, ms", "lat_p99", "{:,.1f}"),
         Row("HTTP requests (delivery_attempts rows)", "requests"),
         Row("events received by the fake API - orders", "extra_received", "{:,.0f}", exact),
-        Row("worker RSS peak, main + 2 children, MB", "rss", "{:,.1f}",
+        Row("worker RSS peak, main + pool children, MB", "rss", "{:,.1f}",
             at_most(150, "<= 150 MB")),
         Row("worker PSS peak (shared pages split), MB", "pss", "{:,.1f}"),
         *cores("cores_"),
+        f"   for comparison: the worker alone, batch {b}, draining {n} rows already pending",
+        Row("delivered events/s (first request -> last delivered_at)", "drain"),
         f"2. end to end, batch 1: {one} orders",
         Row("delivered events/s", "e2e_one"),
         Row("producer enqueue rate, orders/s (same run)", "enqueue_rate_one"),
         Row("events received by the fake API - orders", "extra_received_one", "{:,.0f}", exact),
         *cores("cores_one_"),
-        Row(f"batch {b} / batch 1 throughput", "ratio_batch", "{:.1f}x",
+        Row(f"batch {b} / batch 1 throughput (end to end)", "ratio_batch", "{:.1f}x",
             at_least(20, ">= 20x")),
+        Row(f"batch {b} worker drain / batch 1 end to end", "ratio_drain", "{:.1f}x"),
         f"3. database limit at batch {b}, 2 processes, {n} pending rows, no HTTP/Celery",
         Row("claim + mark delivered, rows/s", "raw_cm"),
         Row("claim + record attempt + mark delivered, rows/s", "raw_cam"),
         Row("end to end as % of claim + mark", "frac_cm", "{:.0f}%", at_least(40, ">= 40%")),
         Row("end to end as % of claim + attempt + mark", "frac_cam", "{:.0f}%"),
+        Row(f"worker drain (batch {b}) as % of claim + mark", "frac_drain_cm", "{:.0f}%"),
         "4. order transaction, one order each (insert into bench_orders, commit)",
         Row("p50 without enqueue, ms", "tx_plain_p50", "{:.3f}"),
         Row("p50 with enqueue_purchase (wake-up on), ms", "tx_enqueue_p50", "{:.3f}"),
@@ -204,8 +217,10 @@ def table_rows(args: argparse.Namespace) -> list[Row | str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    # SIGTERM takes the same way out as Ctrl-C, so every child is stopped either way.
+    # SIGTERM takes the same way out as Ctrl-C, so every child is stopped either way; SIGINT
+    # is set too, as a shell starting us in the background would have it ignored.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     log_dir = Path(tempfile.mkdtemp(prefix="spotler-bench-"))
     started = time.monotonic()
     ok = False
@@ -225,10 +240,10 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(fake.stop)
             bench = Bench(url=args.database_url, engine=engine, broker_url=args.broker_url,
                           api_url=api_url, fake_pid=fake.pid, account=ACCOUNT, api_key=API_KEY,
-                          log_dir=log_dir)
+                          log_dir=log_dir, pool=args.pool)
             header = [f"command: {command_line(argv)}", f"machine: {machine(bench)}",
                       f"fake API: separate process, latency {args.latency_ms:g} ms per request;"
-                      f" worker: celery prefork -c 2, separate beat, sweep 1 s, batch size "
+                      f" worker: celery {args.pool} -c 2, separate beat, sweep 1 s, batch size "
                       f"{args.batch_size}"]
             for i in range(args.repeat):
                 def run_say(what: str, i: int = i) -> None:
@@ -252,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 1
     finally:
+        stop_all()  # normally a no-op: each phase stops its own processes
         if ok and not args.keep_logs:
             shutil.rmtree(log_dir, ignore_errors=True)
         else:

@@ -31,12 +31,14 @@ class Managed:
     """One child process group with its output in a log file."""
 
     def __init__(self, name: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.stopped = False
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
                                         start_new_session=True)
+        _started.append(self)
 
     @property
     def pid(self) -> int:
@@ -52,6 +54,8 @@ class Managed:
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the group (a warm shutdown for Celery), then SIGKILL what is left."""
+        if self.stopped:
+            return  # never signal a group id again once stopped: it may belong to another
         if self.process.poll() is None:
             try:
                 os.killpg(self.pid, signal.SIGTERM)
@@ -65,6 +69,17 @@ class Managed:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
         self._log.close()
+        self.stopped = True
+
+
+_started: list[Managed] = []
+
+
+def stop_all() -> None:
+    """Stop whatever is still running, whichever way the run ended: nothing is left behind."""
+    for proc in reversed(_started):
+        proc.stop()
+    _started.clear()
 
 
 def free_port() -> int:
@@ -102,26 +117,28 @@ def fake_received(url: str) -> int:
     return int(requests.get(f"{url}/_fake/received", timeout=10).json()["total_events"])
 
 
-def start_worker(env: dict[str, str], log_dir: Path, name: str, concurrency: int) -> Managed:
+def start_worker(env: dict[str, str], log_dir: Path, name: str, concurrency: int,
+                 pool: str = "prefork") -> Managed:
     command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO",
-               f"--hostname={name}@%h", "--pool=prefork", f"--concurrency={concurrency}",
+               f"--hostname={name}@%h", f"--pool={pool}", f"--concurrency={concurrency}",
                "--without-mingle", "--without-gossip"]
     proc = Managed(name, command, env, log_dir)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         proc.check_alive()
-        if " ready." in proc.output() and len(children(proc.pid)) >= concurrency:
+        forked = concurrency if pool == "prefork" else 0
+        if " ready." in proc.output() and len(children(proc.pid)) >= forked:
             return proc
         time.sleep(0.1)
     proc.stop()
     raise ProcessError(f"worker {name} not ready after 60 s:\n{proc.output()[-3000:]}")
 
 
-def start_beat(env: dict[str, str], log_dir: Path) -> Managed:
+def start_beat(env: dict[str, str], log_dir: Path, name: str = "beat") -> Managed:
     # A separate beat, as in production: the worker's RSS is then only the main + pool children.
     command = [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel=WARNING",
                f"--schedule={log_dir / 'beat-schedule'}"]
-    return Managed("beat", command, env, log_dir)
+    return Managed(name, command, env, log_dir)
 
 
 # --- /proc --------------------------------------------------------------------------------
@@ -194,6 +211,7 @@ class MemorySampler:
         self.interval = interval
         self.peak_rss_kb = 0
         self.peak_pss_kb = 0
+        self.peak_rss_each_kb: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -208,7 +226,10 @@ class MemorySampler:
 
     def sample(self) -> None:
         pids = [self.pid, *children(self.pid)]
-        rss = sum(_memory_kb(p, "status", "VmRSS:") for p in pids)
+        each = {p: _memory_kb(p, "status", "VmRSS:") for p in pids}
+        for pid, kb in each.items():
+            self.peak_rss_each_kb[pid] = max(kb, self.peak_rss_each_kb.get(pid, 0))
+        rss = sum(each.values())
         pss = sum(_memory_kb(p, "smaps_rollup", "Pss:") for p in pids)
         self.peak_rss_kb = max(self.peak_rss_kb, rss)
         self.peak_pss_kb = max(self.peak_pss_kb, pss)
