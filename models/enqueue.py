@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from functools import cache
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -18,18 +18,33 @@ from models.validation import canonical_json, validate_purchase
 
 _WAKEUP_FLAG = "spotler_outbox_wakeup"
 _LISTENING = "spotler_outbox_listening"
+_table = cast(sa.Table, OutboxEvent.__table__)
 
 
-@dataclass(frozen=True)
 class EnqueueResult:
     """The outbox row for the order; `created` is False when the orderid was already there."""
 
-    row: OutboxEvent
-    created: bool
+    __slots__ = ("_row", "_session", "created", "id")
+
+    def __init__(self, session: Session, row_id: int, created: bool) -> None:
+        self._session = session
+        self._row: OutboxEvent | None = None
+        self.id = row_id
+        self.created = created
 
     @property
     def duplicate(self) -> bool:
         return not self.created
+
+    @property
+    def row(self) -> OutboxEvent:
+        """The ORM row, loaded on first use: most callers need only `created`."""
+        if self._row is None:
+            load = sa.select(OutboxEvent).where(OutboxEvent.id == self.id)
+            if self._session.get_bind().dialect.name in ("mysql", "mariadb"):
+                load = load.with_for_update(read=True)  # see _find_existing
+            self._row = self._session.execute(load).scalar_one()
+        return self._row
 
 
 def enqueue_purchase(
@@ -51,40 +66,51 @@ def enqueue_purchase(
     )
     values = {"event": payload["event"], "orderid": payload["orderid"],
               "payload": canonical_json(payload)}
-    inserted_id = session.execute(_insert_unless_present(session, values)).scalar()
-    find = sa.select(OutboxEvent).where(
-        OutboxEvent.event == values["event"], OutboxEvent.orderid == values["orderid"])
-    if session.get_bind().dialect.name in ("mysql", "mariadb"):
-        # Under REPEATABLE READ (MariaDB's default) INSERT IGNORE sees a row another
-        # transaction committed after our snapshot, but a plain SELECT does not: read the
-        # latest version, as the insert did.
-        find = find.with_for_update(read=True)
-    row = session.execute(find).scalar_one()
-    if inserted_id is not None and settings.wakeup_enabled:
+    conn = session.connection()
+    dialect = conn.dialect.name
+    inserted_id: int | None = conn.execute(_insert_unless_present(dialect), values).scalar()
+    if inserted_id is None:
+        existing_id: int = conn.execute(_find_existing(dialect), values).scalar_one()
+        return EnqueueResult(session, existing_id, created=False)
+    if settings.wakeup_enabled:
         _wake_workers_after_commit(session, settings)
-    return EnqueueResult(row=row, created=inserted_id is not None)
+    return EnqueueResult(session, inserted_id, created=True)
 
 
-def _insert_unless_present(session: Session, values: dict[str, str]) -> sa.Executable:
+@cache
+def _insert_unless_present(dialect: str) -> sa.Executable:
     """An INSERT that yields the new id, or nothing when (event, orderid) exists.
 
     The database resolves the race between two transactions: the second waits for the first
     and then inserts nothing, instead of failing with an IntegrityError that would poison the
-    caller's transaction.
+    caller's transaction. Built once per dialect: building it per call cost more than the
+    round trip.
     """
-    dialect = session.get_bind().dialect.name
-    table = cast(sa.Table, OutboxEvent.__table__)
+    params: dict[str, Any] = {name: sa.bindparam(name) for name in ("event", "orderid",
+                                                                     "payload")}
     if dialect == "postgresql":
-        return (postgresql.insert(table).values(values)
+        return (postgresql.insert(_table).values(params)
                 .on_conflict_do_nothing(index_elements=["event", "orderid"])
-                .returning(table.c.id))
+                .returning(_table.c.id))
     if dialect == "sqlite":
-        return (sqlite.insert(table).values(values)
+        return (sqlite.insert(_table).values(params)
                 .on_conflict_do_nothing(index_elements=["event", "orderid"])
-                .returning(table.c.id))
+                .returning(_table.c.id))
     # MariaDB: INSERT IGNORE returns no row for a duplicate; values are validated and bounded,
     # so the other errors IGNORE would downgrade cannot occur here.
-    return mysql.insert(table).values(values).prefix_with("IGNORE").returning(table.c.id)
+    return mysql.insert(_table).values(params).prefix_with("IGNORE").returning(_table.c.id)
+
+
+@cache
+def _find_existing(dialect: str) -> sa.Select[Any]:
+    find = sa.select(_table.c.id).where(_table.c.event == sa.bindparam("event"),
+                                        _table.c.orderid == sa.bindparam("orderid"))
+    if dialect in ("mysql", "mariadb"):
+        # Under REPEATABLE READ (MariaDB's default) INSERT IGNORE sees a row another
+        # transaction committed after our snapshot, but a plain SELECT does not: read the
+        # latest version, as the insert did.
+        find = find.with_for_update(read=True)
+    return find
 
 
 def _wake_workers_after_commit(session: Session, settings: Settings) -> None:

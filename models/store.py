@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from functools import cache
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -82,35 +83,57 @@ def _claim(
     conn: sa.Connection, status: str, limit: int, token: str, now: dt.datetime,
     lease_until: dt.datetime,
 ) -> list[ClaimedRow]:
-    pick = (
-        sa.select(events.c.id)
-        .where(events.c.status == status, events.c.next_attempt_at <= now)
-        .order_by(events.c.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    claim = {
-        "status": Status.IN_FLIGHT.value,
-        "claim_token": token,
-        "lease_expires_at": lease_until,
-        "next_attempt_at": lease_until,
-        "attempts": events.c.attempts + 1,
-        "updated_at": now,
-    }
-    columns = (events.c.id, events.c.orderid, events.c.payload, events.c.attempts,
-               sa.func.coalesce(events.c.requeued_at, events.c.created_at).label("since"))
+    params = {"from_status": status, "n": limit, "token": token, "now": now,
+              "until": lease_until}
     if conn.dialect.name in ("mysql", "mariadb"):
         # MariaDB has no UPDATE ... RETURNING: lock the rows, then update them by id.
-        locked = conn.execute(pick.with_only_columns(*columns)).all()
+        pick, update = _claim_statements_mariadb()
+        locked = conn.execute(pick, params).all()
         if not locked:
             return []
-        conn.execute(events.update().where(events.c.id.in_([r.id for r in locked])).values(claim))
+        conn.execute(update, {**params, "ids": [r.id for r in locked]})
         return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts + 1, r.since) for r in locked]
-    rows = conn.execute(
-        events.update().where(events.c.id.in_(pick.scalar_subquery())).values(claim)
-        .returning(*columns)
-    ).all()
+    rows = conn.execute(_claim_statement(), params).all()
     return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts, r.since) for r in rows]
+
+
+# The hot path's statements are built once, with bind parameters: building and cache-keying
+# a statement per call cost more CPU than executing it (benchmarks/, py-spy).
+_CLAIMED_COLUMNS = (events.c.id, events.c.orderid, events.c.payload, events.c.attempts,
+                    sa.func.coalesce(events.c.requeued_at, events.c.created_at).label("since"))
+_CLAIM_VALUES = {
+    "status": Status.IN_FLIGHT.value,
+    "claim_token": sa.bindparam("token"),
+    "lease_expires_at": sa.bindparam("until"),
+    "next_attempt_at": sa.bindparam("until"),
+    "attempts": events.c.attempts + 1,
+    "updated_at": sa.bindparam("now"),
+}
+
+
+def _pick(*columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    return (
+        sa.select(*columns)
+        .where(events.c.status == sa.bindparam("from_status"),
+               events.c.next_attempt_at <= sa.bindparam("now"))
+        .order_by(events.c.next_attempt_at)
+        .limit(sa.bindparam("n"))
+        .with_for_update(skip_locked=True)
+    )
+
+
+@cache
+def _claim_statement() -> sa.Executable:
+    return (events.update()
+            .where(events.c.id.in_(_pick(events.c.id).scalar_subquery()))
+            .values(_CLAIM_VALUES).returning(*_CLAIMED_COLUMNS))
+
+
+@cache
+def _claim_statements_mariadb() -> tuple[sa.Executable, sa.Executable]:
+    update = (events.update().where(events.c.id.in_(sa.bindparam("ids", expanding=True)))
+              .values(_CLAIM_VALUES))
+    return _pick(*_CLAIMED_COLUMNS), update
 
 
 def _held(ids: Iterable[int], token: str) -> sa.ColumnElement[bool]:
@@ -148,10 +171,20 @@ def mark_delivered(
     conn: sa.Connection, ids: Sequence[int], *, token: str, now: dt.datetime,
     http_status: int | None,
 ) -> int:
-    result = conn.execute(events.update().where(_held(ids, token)).values(
-        status=Status.DELIVERED.value, delivered_at=now, updated_at=now, last_error=None,
-        last_http_status=http_status, **_RELEASED))
+    result = conn.execute(_MARK_DELIVERED, {"ids": list(ids), "token": token, "now": now,
+                                            "http_status": http_status})
     return result.rowcount
+
+
+_MARK_DELIVERED = (
+    events.update()
+    .where(events.c.id.in_(sa.bindparam("ids", expanding=True)),
+           events.c.claim_token == sa.bindparam("token"),
+           events.c.status == Status.IN_FLIGHT.value)
+    .values(status=Status.DELIVERED.value, delivered_at=sa.bindparam("now"),
+            updated_at=sa.bindparam("now"), last_error=None,
+            last_http_status=sa.bindparam("http_status"), **_RELEASED)
+)
 
 
 def schedule_retries(
@@ -213,19 +246,21 @@ def release(
 def record_attempt(
     conn: sa.Connection, record: AttemptRecord, rows: Sequence[ClaimedRow]
 ) -> int:
-    attempt_id = conn.execute(
-        attempts_table.insert().values(
-            started_at=record.started_at, duration_ms=record.duration_ms,
-            event_count=record.event_count, http_status=record.http_status,
-            outcome=record.outcome, error_class=record.error_class,
-            response_excerpt=record.response_excerpt, worker=record.worker,
-        ).returning(attempts_table.c.id)
-    ).scalar_one()
-    conn.execute(attempt_events.insert(), [
+    attempt_id = conn.execute(_INSERT_ATTEMPT, {
+        "started_at": record.started_at, "duration_ms": record.duration_ms,
+        "event_count": record.event_count, "http_status": record.http_status,
+        "outcome": record.outcome, "error_class": record.error_class,
+        "response_excerpt": record.response_excerpt, "worker": record.worker,
+    }).scalar_one()
+    conn.execute(_INSERT_ATTEMPT_EVENT, [
         {"attempt_id": attempt_id, "outbox_event_id": r.id, "attempt_number": r.attempts}
         for r in rows
     ])
     return int(attempt_id)
+
+
+_INSERT_ATTEMPT = attempts_table.insert().returning(attempts_table.c.id)
+_INSERT_ATTEMPT_EVENT = attempt_events.insert()
 
 
 def any_due(conn: sa.Connection, now: dt.datetime) -> bool:
@@ -246,8 +281,11 @@ class Control:
         return self.paused_reason is not None
 
 
+_READ_CONTROL = sa.select(control).where(control.c.id == CONTROL_ID)
+
+
 def read_control(conn: sa.Connection) -> Control:
-    row = conn.execute(sa.select(control).where(control.c.id == CONTROL_ID)).first()
+    row = conn.execute(_READ_CONTROL).first()
     if row is None:
         return Control(None, None, None, None)
     return Control(row.paused_reason, row.paused_since, row.next_auth_check_at, row.not_before)

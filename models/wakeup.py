@@ -9,11 +9,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 DISPATCH_TASK = "spotler_outbox.dispatch"
 # A wake-up older than this is worthless: the sweeper will have run since.
 WAKEUP_EXPIRES_SECONDS = 60
+# After a send, commits within this window share the next message: a busy shop sends a few
+# dozen messages a second, not one per order (each costs the order thread GIL time).
+COALESCE_SECONDS = 0.03
 
 log = logging.getLogger("spotler_outbox.wakeup")
 
@@ -44,6 +48,7 @@ class _Waker:
                             type(e).__name__, e)
             else:
                 self.sent += 1
+            time.sleep(COALESCE_SECONDS)
 
     def _send(self) -> None:
         if self._app is None:

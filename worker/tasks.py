@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_shutting_down
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from models.database import make_engine
@@ -24,24 +25,32 @@ from worker.logs import configure_logging
 
 log = logging.getLogger("spotler_outbox.tasks")
 
-_dispatcher: Dispatcher | None = None
-_dispatcher_pid: int | None = None
 # Set on SIGTERM: the batch in flight is finished and marked, then no new batch starts.
 _stop_requested = threading.Event()
+_engine: tuple[int, Engine] | None = None
+_local = threading.local()  # the threads pool runs tasks on several threads of one process
 
 
 def get_dispatcher() -> Dispatcher:
-    """One dispatcher per process, built after the fork (connections must not be shared)."""
-    global _dispatcher, _dispatcher_pid
-    if _dispatcher is None or _dispatcher_pid != os.getpid():
-        settings = get_settings()
-        _dispatcher = Dispatcher(
-            make_engine(settings.database_url), SpotlerClient(settings), settings,
-            worker_name=f"{socket.gethostname()}:{os.getpid()}",
-        )
-        _dispatcher.stopping = _stop_requested
-        _dispatcher_pid = os.getpid()
-    return _dispatcher
+    """One dispatcher per thread, over one engine per process, both built after the fork."""
+    global _engine
+    pid = os.getpid()
+    dispatcher: Dispatcher | None = getattr(_local, "dispatcher", None)
+    if dispatcher is not None and _local.pid == pid:
+        return dispatcher
+    settings = get_settings()
+    if _engine is None or _engine[0] != pid:
+        # No pre-ping: it costs a round trip per transaction, three per batch. A connection
+        # that died with a database restart fails its statement instead, and both the task
+        # and the recording of Spotler's answer are built to survive that.
+        _engine = (pid, make_engine(settings.database_url, pool_pre_ping=False))
+    dispatcher = Dispatcher(
+        _engine[1], SpotlerClient(settings), settings,
+        worker_name=f"{socket.gethostname()}:{pid}:{threading.get_ident() % 10000}",
+    )
+    dispatcher.stopping = _stop_requested
+    _local.dispatcher, _local.pid = dispatcher, pid
+    return dispatcher
 
 
 _in_pool_child = False

@@ -63,12 +63,14 @@ def all_settled(engine: Engine, total: int) -> bool:
     return c.get("delivered", 0) + c.get("failed", 0) == total
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_a_thousand_orders_are_each_received_exactly_once(
     engine: Engine, env: dict[str, str], api: RunningFakeApi, server_database_url: str,
-    tmp_path: Path,
+    tmp_path: Path, pool: str,
 ) -> None:
     orderids = [f"T-{i}" for i in range(1000)]
-    with running_worker("w1", env, tmp_path):
+    with running_worker("w1", env, tmp_path, pool=pool, concurrency=4 if pool == "threads"
+                        else 2):
         enqueue_orders(engine, producer_settings(server_database_url), orderids,
                        per_transaction=10)
         wait_for(lambda: counts(engine).get("delivered") == 1000, 60, "1,000 deliveries")

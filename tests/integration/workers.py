@@ -57,10 +57,10 @@ def worker_environment(database_url: str, api_url: str, **extra: str) -> dict[st
 
 class WorkerProcess:
     def __init__(self, name: str, env: dict[str, str], log_dir: Path, *, beat: bool,
-                 concurrency: int = 2) -> None:
+                 concurrency: int = 2, pool: str = "prefork") -> None:
         self.log_path = log_dir / f"{name}.log"
         command = [sys.executable, "-m", "celery", "-A", "worker", "worker",
-                   "--loglevel=INFO", f"--hostname={name}@%h", "--pool=prefork",
+                   "--loglevel=INFO", f"--hostname={name}@%h", f"--pool={pool}",
                    f"--concurrency={concurrency}", "--without-mingle", "--without-gossip"]
         if beat:
             command += ["--beat", f"--schedule={log_dir / (name + '-beat-schedule')}"]
@@ -100,8 +100,8 @@ class WorkerProcess:
 
 @contextmanager
 def running_worker(name: str, env: dict[str, str], log_dir: Path, *, beat: bool = True,
-                   concurrency: int = 2) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(name, env, log_dir, beat=beat, concurrency=concurrency)
+                   concurrency: int = 2, pool: str = "prefork") -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(name, env, log_dir, beat=beat, concurrency=concurrency, pool=pool)
     try:
         worker.wait_ready()
         yield worker
