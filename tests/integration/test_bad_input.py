@@ -161,3 +161,42 @@ def test_a_thousand_bad_rows_are_counted_by_how_they_ended(
     for kind, _ in makers[1:-1]:
         assert table[(kind, "failed")] == 100, kind
     assert table[("huge", "failed")] == 100
+
+
+@settings(max_examples=6, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(data=st.data())
+def test_every_malformed_line_of_an_import_is_refused_naming_the_field_and_the_rest_enqueued(
+    engine: Engine, database_url: str, data: st.DataObject,
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from models.settings import reset_settings
+    from tests.conftest import wipe
+    from worker.cli import main
+
+    wipe(engine)
+    monkeypatch.setenv("OUTBOX_DATABASE_URL", database_url)
+    monkeypatch.setenv("OUTBOX_WAKEUP", "false")
+    reset_settings()
+    lines: list[str] = []
+    broken_fields: dict[int, str] = {}
+    for i in range(10):
+        event = {**data.draw(valid_purchases()), "orderid": f"IMP-{i}"}
+        if data.draw(st.booleans()):
+            field, apply = data.draw(breakages())
+            event = apply(event)
+            broken_fields[i + 1] = field
+        lines.append(json.dumps(event, allow_nan=True))
+    path = tmp_path_factory.mktemp("import") / "orders.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code = main(["import", str(path)])
+    out = capsys.readouterr().out
+    reset_settings()
+    assert code == (1 if broken_fields else 0)
+    first = out.splitlines()[0]
+    assert first == (f"enqueued {10 - len(broken_fields)}, already present 0, "
+                     f"refused {len(broken_fields)}")
+    for line_number, field in broken_fields.items():
+        assert f"line {line_number}: {field}" in out, (field, out)
