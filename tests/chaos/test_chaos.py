@@ -30,6 +30,7 @@ def test_a_short_chaos_run_loses_no_order_and_explains_every_duplicate(tmp_path:
 
 
 @pytest.mark.chaos
+@pytest.mark.timeout(7200)
 def test_a_long_chaos_run_loses_no_order_and_explains_every_duplicate(tmp_path: Path) -> None:
     report = run_chaos(
         orders=int(os.environ.get("CHAOS_ORDERS", "100000")),
