@@ -97,34 +97,31 @@ def _migrated_url(backend: str, tmp_root: Path) -> str:
     return url
 
 
-@pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_root: Path) -> Iterator[str]:
-    """A migrated, empty outbox database on each of the three backends."""
-    url = _migrated_url(request.param, tmp_root)
+def empty_database(backend: str, tmp_root: Path) -> str:
+    """The backend's test database, migrated once per session and emptied for this test."""
+    url = _migrated_url(backend, tmp_root)
     engine = make_engine(url)
     wipe(engine)
     engine.dispose()
-    yield url
+    return url
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_root: Path) -> str:
+    """A migrated, empty outbox database on each of the three backends."""
+    return empty_database(request.param, tmp_root)
 
 
 @pytest.fixture(params=("postgresql", "mariadb"))
-def server_database_url(request: pytest.FixtureRequest, tmp_root: Path) -> Iterator[str]:
+def server_database_url(request: pytest.FixtureRequest, tmp_root: Path) -> str:
     """The same, on the two client-server databases only (for multi-process tests)."""
-    url = _migrated_url(request.param, tmp_root)
-    engine = make_engine(url)
-    wipe(engine)
-    engine.dispose()
-    yield url
+    return empty_database(request.param, tmp_root)
 
 
 @pytest.fixture
-def postgres_url(tmp_root: Path) -> Iterator[str]:
+def postgres_url(tmp_root: Path) -> str:
     """The migrated, emptied PostgreSQL test database alone."""
-    url = _migrated_url("postgresql", tmp_root)
-    engine = make_engine(url)
-    wipe(engine)
-    engine.dispose()
-    yield url
+    return empty_database("postgresql", tmp_root)
 
 
 @pytest.fixture
