@@ -33,6 +33,9 @@ class ChaosReport:
     orders: int
     seconds: float = 0.0
     worker_kills: int = 0
+    # A worker that exited by itself (kombu can crash a worker when Redis drops mid-reconnect)
+    # and was restarted by the harness, as docker compose's restart policy or systemd would.
+    worker_exits_restarted: int = 0
     redis_restarts: int = 0
     postgres_restarts: int = 0
     api_fault_phases: int = 0
@@ -48,6 +51,7 @@ class ChaosReport:
     stuck: int = 0
     failed: int = 0
     inconsistent_attempts: list[str] = field(default_factory=list)
+    harness_errors: list[str] = field(default_factory=list)
 
     def as_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -96,7 +100,8 @@ class Chaos:
         # Calm: every service up, the API well, and let the outbox drain.
         self.api.state.set_faults(Faults())
         try:
-            wait_for(self._drained, 300 + self.orders / 200, "the outbox to drain")
+            wait_for(lambda: self._supervise(env) or self._drained(), 300 + self.orders / 200,
+                     "the outbox to drain")
         finally:
             for worker in self.workers:
                 worker.stop()
@@ -133,7 +138,19 @@ class Chaos:
         actions = [self._kill_worker, self._kill_worker, self._restart_redis,
                    self._restart_postgres, self._api_faults, self._api_faults]
         while not self.stop.wait(self.random.uniform(1.0, 4.0)):
-            self.random.choice(actions)(env)
+            try:
+                self._supervise(env)
+                self.random.choice(actions)(env)
+            except Exception as e:  # a failed fault must not end the chaos unnoticed
+                self.report.harness_errors.append(f"{type(e).__name__}: {e}"[:300])
+
+    def _supervise(self, env: dict[str, str]) -> None:
+        """Restart any worker that exited by itself, as a process supervisor would."""
+        for index, worker in enumerate(self.workers):
+            if worker.process.poll() is not None:
+                worker.stop()
+                self.workers[index] = self._start_worker(index, env)
+                self.report.worker_exits_restarted += 1
 
     def _kill_worker(self, env: dict[str, str]) -> None:
         index = self.random.randrange(len(self.workers))
