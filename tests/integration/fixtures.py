@@ -50,3 +50,16 @@ def insert_raw(engine: Engine, orderid: str, payload: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO outbox_events (event, orderid, payload) "
                              "VALUES ('Purchase', :o, :p)"), {"o": orderid, "p": payload})
+
+
+def seed_row(engine: Engine, orderid: str, **values: Any) -> int:
+    """Enqueue one order, then set columns directly, as a worker would have; returns its id."""
+    table = OutboxEvent.__table__
+    with Session(engine) as session, session.begin():
+        enqueue_purchase(session, purchase(orderid),
+                         settings=Settings(database_url=str(engine.url), wakeup_enabled=False))
+    with engine.begin() as conn:
+        if values:
+            conn.execute(sa.update(table).where(table.c.orderid == orderid).values(values))
+        return int(conn.execute(sa.select(table.c.id).where(table.c.orderid == orderid))
+                   .scalar_one())

@@ -9,22 +9,19 @@ import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
-import sqlalchemy as sa
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import Session
 
-from models import enqueue_purchase, store
+from models import store
 from models.database import make_engine
 from models.operations import RATE_WINDOW
-from models.settings import Settings, reset_settings
+from models.settings import reset_settings
 from models.store import AttemptRecord, ClaimedRow
-from tests.conftest import purchase
+from tests.integration.fixtures import seed_row as seed
 from worker import metrics
 from worker.cli import main
 
@@ -70,17 +67,6 @@ def scrape(url: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
-
-
-def seed(engine: Engine, orderid: str, **values: Any) -> int:
-    settings = Settings(database_url=str(engine.url), wakeup_enabled=False)
-    with Session(engine) as session, session.begin():
-        enqueue_purchase(session, purchase(orderid), settings=settings)
-    with engine.begin() as conn:
-        if values:
-            conn.execute(events.update().where(events.c.orderid == orderid).values(values))
-        return int(conn.execute(sa.select(events.c.id).where(events.c.orderid == orderid))
-                   .scalar_one())
 
 
 def attempt(engine: Engine, row_id: int, started: dt.datetime, duration_ms: int,

@@ -9,14 +9,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
-from models import enqueue_purchase, schema, store
+from models import schema, store
 from models.database import make_engine
-from models.settings import Settings
 from models.store import AttemptRecord, ClaimedRow
 from models.tables import UTCDateTime
-from tests.conftest import BACKENDS, TEST_DB, backend_url, purchase
+from tests.conftest import BACKENDS, TEST_DB, backend_url
+from tests.integration.fixtures import seed_row as seed
 
 events = store.events
 T = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
@@ -25,17 +24,6 @@ VIEWS = {"outbox_status_summary", "outbox_failures"}
 
 def at(minutes: int) -> dt.datetime:
     return T + dt.timedelta(minutes=minutes)
-
-
-def seed(engine: Engine, orderid: str, **values: Any) -> int:
-    settings = Settings(database_url=str(engine.url), wakeup_enabled=False)
-    with Session(engine) as session, session.begin():
-        enqueue_purchase(session, purchase(orderid), settings=settings)
-    with engine.begin() as conn:
-        if values:
-            conn.execute(events.update().where(events.c.orderid == orderid).values(values))
-        return int(conn.execute(sa.select(events.c.id).where(events.c.orderid == orderid))
-                   .scalar_one())
 
 
 def attempt(engine: Engine, row_id: int, number: int, started: dt.datetime, **values: Any) -> None:
