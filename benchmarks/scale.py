@@ -141,20 +141,28 @@ def phase2(args: argparse.Namespace, big: Engine, history: scale_data.History,
         with Load(url, batch=args.batch, processes=args.processes, drain=False,
                   feed_low=args.pending, feed_chunk=args.pending) as load:
             say(f"claimers running; {args.window:g} s before the purge")
-            time.sleep(WARMUP_S + args.window)
+            time.sleep(WARMUP_S)
+            edges = [scale_data.server_counters(big)]
+            time.sleep(args.window)
             say("purging")
+            edges.append(scale_data.server_counters(big))
             purge = run_purge(url, "30d")
+            edges.append(scale_data.server_counters(big))
             say(f"purged {purge.rows:,} rows in {purge.ended - purge.started:.1f} s; "
                 f"{args.window:g} s after")
             time.sleep(args.window)
+            edges.append(scale_data.server_counters(big))
             samples, fed = load.stop()
     finally:
         watcher.halt.set()
         watcher.join(10)
+    server = {name: (scale_data.wal_mb_per_s(big, a, b), b.checkpoints - a.checkpoints)
+              for name, a, b in zip(("before", "during", "after"), edges, edges[1:],
+                                    strict=False)}
     if purge.rows != args.purge:
         say(f"warning: the purge deleted {purge.rows:,} rows, expected {args.purge:,}")
-    return (purge_figures(samples, purge, watcher, args.window, fed),
-            wait_summary(watcher, purge, args.window))
+    return (purge_figures(samples, purge, watcher, args.window, fed, load.pids, server),
+            wait_summary(watcher, purge, args.window, load.pids))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print("targets missed: " + (", ".join(missed) if missed else "none"))
     for i, lines in waits.items():
-        print(f"\nphase 2 run {i + 1}: lock waits of claim / mark statements seen "
+        print(f"\nphase 2 run {i + 1}: waits of the claimers' sessions seen "
               f"(20 ms samples, {args.window:g} s before the purge to the end): "
               + ("none" if not lines else ""))
         print("\n".join(lines))

@@ -8,6 +8,7 @@ benchmark they are for.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -144,6 +145,30 @@ def restore(engine: Engine, history: History, say: Any) -> None:
             raise RuntimeError(f"{missing} history rows missing, expected 0 or {history.old}")
         insert_history(engine, history, 1, history.old, say)
     maintenance(engine, "VACUUM ANALYZE outbox_events")
+
+
+@dataclass(frozen=True)
+class ServerCounters:
+    """Server-wide, so other databases' sessions on the same server count too."""
+
+    at: float  # time.monotonic()
+    wal_lsn: str
+    checkpoints: int
+
+
+def server_counters(engine: Engine) -> ServerCounters:
+    with engine.connect() as conn:
+        lsn, checkpoints = conn.execute(sa.text(
+            "SELECT pg_current_wal_lsn()::text, checkpoints_timed + checkpoints_req "
+            "FROM pg_stat_bgwriter")).one()
+    return ServerCounters(time.monotonic(), str(lsn), int(checkpoints))
+
+
+def wal_mb_per_s(engine: Engine, a: ServerCounters, b: ServerCounters) -> float:
+    with engine.connect() as conn:
+        diff = conn.execute(sa.text("SELECT pg_wal_lsn_diff(CAST(:b AS pg_lsn), "
+                                    "CAST(:a AS pg_lsn))"), {"a": a.wal_lsn, "b": b.wal_lsn})
+        return float(diff.scalar_one()) / 2**20 / (b.at - a.at)
 
 
 def sizes(engine: Engine) -> dict[str, float]:

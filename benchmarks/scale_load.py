@@ -54,9 +54,9 @@ def _claimer(url: str, batch: int, drain: bool, ready: Any, start: Any, stop: An
              out: Any) -> None:
     # No pre-ping: the worker's engine has none either (worker/tasks.py).
     engine = make_engine(url, pool_pre_ping=False)
-    with engine.connect():
-        pass  # connected before the clock starts, as a warm worker is
-    ready.put(True)
+    with engine.connect() as conn:  # connected before the clock starts, as a warm worker is
+        # The pool hands this one connection back every time: its pid names our backend.
+        ready.put(("claimer", conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()))
     start.wait()
     s = Samples(started=time.monotonic())
     while not stop.is_set():
@@ -105,7 +105,9 @@ def _feeder(url: str, low: int, chunk: int, ready: Any, start: Any, stop: Any,
             scale_data.insert_pending(engine, chunk, "live-", offset=made)
             made += chunk
         elif not start.is_set():
-            ready.put(True)  # filled before the claimers start
+            with engine.connect() as conn:  # filled before the claimers start
+                ready.put(("feeder", conn.execute(sa.text("SELECT pg_backend_pid()"))
+                           .scalar_one()))
             start.wait()
         else:
             time.sleep(0.01)
@@ -162,34 +164,35 @@ def run_purge(url: str, older_than: str) -> PurgeResult:
 
 
 class LockWatcher(threading.Thread):
-    """Samples pg_stat_activity every 20 ms for sessions of this database waiting on a lock,
-    with what they wait for and the statements of the sessions blocking them."""
+    """Samples pg_stat_activity every 20 ms for sessions of this database that wait on a lock
+    (with the statements of the sessions blocking them), on I/O or on an LWLock (WAL)."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
         self.url = url
         self.halt = threading.Event()
         self.waits: list[Wait] = []
-        self.samples = 0
+        self.sampled_at: list[float] = []
 
     def run(self) -> None:
         engine = make_engine(self.url, isolation_level="AUTOCOMMIT")
         # pg_blocking_pids is only evaluated for the (rare) rows already found waiting.
         query = sa.text(
-            "SELECT a.wait_event, left(a.query, 80), "
+            "SELECT a.pid, a.wait_event_type, a.wait_event, left(a.query, 80), "
             "extract(epoch FROM clock_timestamp() - a.query_start), "
-            "(SELECT string_agg(left(b.query, 80), ' | ') FROM pg_stat_activity b "
-            " WHERE b.pid = ANY (pg_blocking_pids(a.pid))) "
+            "CASE WHEN a.wait_event_type = 'Lock' THEN "
+            " (SELECT string_agg(left(b.query, 80), ' | ') FROM pg_stat_activity b "
+            "  WHERE b.pid = ANY (pg_blocking_pids(a.pid))) END "
             "FROM pg_stat_activity a WHERE a.datname = current_database() "
-            "AND a.pid <> pg_backend_pid() AND a.wait_event_type = 'Lock' "
-            "AND a.state = 'active'")
+            "AND a.pid <> pg_backend_pid() AND a.state = 'active' "
+            "AND a.wait_event_type IN ('Lock', 'IO', 'LWLock')")
         with engine.connect() as conn:
             while not self.halt.is_set():
                 at = time.monotonic()
-                for event, text, waited, blockers in conn.execute(query):
-                    self.waits.append(Wait(at, str(event), str(text), float(waited or 0),
-                                           str(blockers or "")))
-                self.samples += 1
+                for pid, kind, event, text, waited, blockers in conn.execute(query):
+                    self.waits.append(Wait(at, int(pid), str(kind), str(event), str(text),
+                                           float(waited or 0), str(blockers or "")))
+                self.sampled_at.append(at)
                 self.halt.wait(0.02)
         engine.dispose()
 
@@ -197,7 +200,9 @@ class LockWatcher(threading.Thread):
 @dataclass(frozen=True)
 class Wait:
     at: float
-    event: str  # pg_stat_activity.wait_event: transactionid, tuple, extend, relation, ...
+    pid: int
+    kind: str  # pg_stat_activity.wait_event_type: Lock, IO, LWLock
+    event: str  # wait_event: transactionid, extend, WALSync, WALWrite, DataFileRead, ...
     query: str
     waited_s: float  # since the waiting statement started
     blockers: str  # the blocking sessions' statements ('' for extension locks)
@@ -205,6 +210,10 @@ class Wait:
     @property
     def is_claim_or_mark(self) -> bool:
         return self.query.lstrip().upper().startswith("UPDATE OUTBOX_EVENTS")
+
+    @property
+    def is_commit(self) -> bool:
+        return self.query.strip().upper() == "COMMIT"
 
     @property
     def blocked_by_purge(self) -> bool:
@@ -241,12 +250,15 @@ class Load:
         self.feeding = not drain
         self.claimers = processes
         self.started = 0.0
+        self.pids: dict[int, str] = {}  # backend pid -> claimer / feeder
 
     def __enter__(self) -> Load:
         for p in self.procs:
             p.start()
         for _ in self.procs:
-            self.ready.get(timeout=300)  # imported, connected, and the pending rows in place
+            # imported, connected, and the pending rows in place
+            role, pid = self.ready.get(timeout=300)
+            self.pids[int(pid)] = str(role)
         self.started = time.monotonic()
         self.start_event.set()
         return self

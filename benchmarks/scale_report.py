@@ -27,8 +27,11 @@ def drain_figures(prefix: str, s: Samples) -> dict[str, float]:
 
 
 def purge_figures(s: Samples, purge: PurgeResult, watcher: LockWatcher, span: float,
-                  fed: int) -> dict[str, float]:
-    """Phase 2: throughput and claim latency before / during / after the purge."""
+                  fed: int, pids: dict[int, str],
+                  server: dict[str, tuple[float, int]]) -> dict[str, float]:
+    """Phase 2: throughput and claim latency before / during / after the purge.
+
+    `server`: window -> (WAL MB/s, checkpoints started), both server-wide."""
     f: dict[str, float] = {}
     edges = {"before": (purge.started - span, purge.started),
              "during": (purge.started, purge.ended), "after": (purge.ended, purge.ended + span)}
@@ -62,28 +65,40 @@ def purge_figures(s: Samples, purge: PurgeResult, watcher: LockWatcher, span: fl
         key = kind.replace(" ", "_")
         f[f"purge_{key}_p50"] = percentile(ms, 50)
         f[f"purge_{key}_max"] = ms[-1] if ms else float("nan")
-    waits = [w for w in watcher.waits if lo <= w.at < hi and w.is_claim_or_mark]
+    for name, (lo_, hi_) in edges.items():
+        sampled = sum(1 for at in watcher.sampled_at if lo_ <= at < hi_)
+        waiting = sum(1 for w in watcher.waits if lo_ <= w.at < hi_ and w.is_commit
+                      and pids.get(w.pid) == "claimer" and w.kind in ("IO", "LWLock"))
+        f[f"commit_wait_{name}"] = waiting / sampled * 100 if sampled else float("nan")
+        f[f"wal_{name}"], checkpoints = server[name]
+        f[f"checkpoints_{name}"] = float(checkpoints)
+    waits = [w for w in watcher.waits if lo <= w.at < hi and w.is_claim_or_mark
+             and w.kind == "Lock"]
     by_purge = [w for w in waits if w.blocked_by_purge]
     f["lock_waits"] = float(len(waits))
     f["lock_waits_purge"] = float(len(by_purge))
     f["lock_wait_max"] = max((w.waited_s * 1000 for w in waits), default=0.0)
-    f["lock_samples"] = float(watcher.samples)
+    f["lock_samples"] = float(len(watcher.sampled_at))
     f["empty_claims"] = float(s.empty_claims)
     f["fed"] = float(fed)
     return f
 
 
-def wait_summary(watcher: LockWatcher, purge: PurgeResult, span: float) -> list[str]:
-    """Every lock wait of a claim or mark the watcher saw, by window, kind and blocker."""
+def wait_summary(watcher: LockWatcher, purge: PurgeResult, span: float,
+                 pids: dict[int, str]) -> list[str]:
+    """Every wait of a claimer's session the watcher saw, by window, statement and cause."""
     counts: dict[str, int] = {}
     for w in watcher.waits:
-        if not w.is_claim_or_mark:
+        if pids.get(w.pid) != "claimer":
             continue
         when = ("before" if w.at < purge.started else "during" if w.at < purge.ended
                 else "after")
         if when == "before" and w.at < purge.started - span:
             continue
-        key = f"{when} the purge: {w.who} waits on lock '{w.event}', blocked by {w.blocked_by}"
+        what = "COMMIT" if w.is_commit else w.who if w.is_claim_or_mark else w.query[:30]
+        cause = (f"lock '{w.event}', blocked by {w.blocked_by}" if w.kind == "Lock"
+                 else f"{w.kind} '{w.event}'")
+        key = f"{when} the purge: {what} waits on {cause}"
         counts[key] = counts.get(key, 0) + 1
     order = {"before": 0, "during": 1, "after": 2}
     return [f"{n:5d} x {key}" for key, n in
@@ -141,6 +156,19 @@ def table_rows(args: argparse.Namespace, index_names: Sequence[str]) -> list[Row
             at_most(1000.0, "<= 1000 ms")),
         Row("mark transaction max before, ms", "mark_tx_max_before", ms),
         Row("mark transaction max during, ms", "mark_tx_max_during", ms),
+        "   the server (WAL is shared with every database on it, other sessions' included)",
+        Row("WAL written before, MB/s", "wal_before", "{:,.1f}"),
+        Row("WAL written during, MB/s", "wal_during", "{:,.1f}"),
+        Row("WAL written after, MB/s", "wal_after", "{:,.1f}"),
+        Row("checkpoints (pg_stat_bgwriter) before", "checkpoints_before"),
+        Row("checkpoints (pg_stat_bgwriter) during", "checkpoints_during"),
+        Row("checkpoints (pg_stat_bgwriter) after", "checkpoints_after"),
+        Row("% of 20 ms samples with a claimer's COMMIT waiting on WAL I/O, before",
+            "commit_wait_before", "{:.1f}%"),
+        Row("% of 20 ms samples with a claimer's COMMIT waiting on WAL I/O, during",
+            "commit_wait_during", "{:.1f}%"),
+        Row("% of 20 ms samples with a claimer's COMMIT waiting on WAL I/O, after",
+            "commit_wait_after", "{:.1f}%"),
         "   pg_stat_activity sampled every 20 ms during the purge: claim / mark statements",
         Row("samples waiting on any lock", "lock_waits"),
         Row("samples waiting on a lock the purge holds", "lock_waits_purge", "{:,.0f}", never),

@@ -259,8 +259,9 @@ def run_demo(*, orders: int = 500, directory: Path = Path("demo-run"),
         print(log_tail(paths.log))
     print("Look around (the worker has stopped; the outbox stays):")
     print(f"  export OUTBOX_DATABASE_URL={paths.database_url}")
-    print("  spotler-outbox status")
-    print("  spotler-outbox list --limit 10")
-    print("  spotler-outbox show demo-00001")
+    # The full path: after `./dev demo` the virtualenv's bin is not on the user's PATH.
+    command = Path(sys.executable).parent / "spotler-outbox"
+    for args in ("status", "list --limit 10", "show demo-00001"):
+        print(f"  {command} {args}")
     ok = problem is None and once and delivered == report.enqueued
     return 0 if ok else 1
