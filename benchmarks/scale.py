@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 
 from benchmarks import scale_data
 from benchmarks.report import render
-from benchmarks.scale_load import Load, LockWatcher, run_purge
+from benchmarks.scale_load import Load, LockWatcher, PurgeResult, run_purge
 from benchmarks.scale_report import drain_figures, purge_figures, table_rows, wait_summary
 from worker.dispatch import utc_now
 
@@ -40,6 +40,9 @@ DEFAULT_URL = os.environ.get(
     "BENCH_SCALE_DATABASE_URL",
     "postgresql+psycopg://postgres@127.0.0.1:5432/spotler_outbox_scale_bench")
 WARMUP_S = 2.0  # claimers just started: connections warm, but not yet in their stride
+CONTROL_KEYS = ("cm_before", "cm_during", "cm_after", "ratio_during", "ratio_after",
+                "claim_p99_before", "claim_p99_during", "claim_max_during",
+                "claim_tx_max_during", "commit_wait_during", "checkpoints_during")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -52,6 +55,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="pending rows drained in phase 1; the feeder's low-water mark in 2")
     p.add_argument("--repeat", type=int, default=3, help="runs of phase 1; medians reported")
     p.add_argument("--purge-repeat", type=int, help="runs of phase 2 (default: --repeat)")
+    p.add_argument("--control", type=int, default=1,
+                   help="phase 2 runs followed by a control run: the same claimers and windows "
+                        "with a sleep as long as that run's purge instead of the purge")
     p.add_argument("--window", type=float, default=10.0,
                    help="seconds measured before and after the purge")
     p.add_argument("--batch", type=int, default=100, help="rows per claim")
@@ -65,8 +71,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.purge_repeat = args.repeat
     if not 0 < args.purge <= args.delivered or args.pending < args.batch:
         p.error("need 0 < --purge <= --delivered and --pending >= --batch")
-    if args.repeat < 1 or args.purge_repeat < 0:
-        p.error("--repeat must be at least 1, --purge-repeat at least 0")
+    if args.repeat < 1 or args.purge_repeat < 0 or args.control < 0:
+        p.error("--repeat must be at least 1, --purge-repeat and --control at least 0")
+    args.control = min(args.control, args.purge_repeat)
     return args
 
 
@@ -130,8 +137,10 @@ def phase1(args: argparse.Namespace, big: Engine, empty: Engine, history: scale_
     return figures, explain
 
 
-def phase2(args: argparse.Namespace, big: Engine, history: scale_data.History,
-           say: Any) -> tuple[dict[str, float], list[str]]:
+def phase2(args: argparse.Namespace, big: Engine, history: scale_data.History, say: Any,
+           control_s: float | None = None) -> tuple[dict[str, float], list[str]]:
+    """Claimers before, during and after the purge; or, given control_s, the same timeline
+    with a sleep that long instead of the purge (what the windows show with no purge)."""
     url = big.url.render_as_string(hide_password=False)
     say("restoring the table (VACUUM ANALYZE)")
     scale_data.restore(big, history, say)
@@ -144,9 +153,15 @@ def phase2(args: argparse.Namespace, big: Engine, history: scale_data.History,
             time.sleep(WARMUP_S)
             edges = [scale_data.server_counters(big)]
             time.sleep(args.window)
-            say("purging")
             edges.append(scale_data.server_counters(big))
-            purge = run_purge(url, "30d")
+            if control_s is None:
+                say("purging")
+                purge = run_purge(url, "30d")
+            else:
+                say(f"control: no purge, {control_s:.0f} s")
+                t0 = time.monotonic()
+                time.sleep(control_s)
+                purge = PurgeResult(0, 0, t0, time.monotonic(), {})
             edges.append(scale_data.server_counters(big))
             say(f"purged {purge.rows:,} rows in {purge.ended - purge.started:.1f} s; "
                 f"{args.window:g} s after")
@@ -159,7 +174,7 @@ def phase2(args: argparse.Namespace, big: Engine, history: scale_data.History,
     server = {name: (scale_data.wal_mb_per_s(big, a, b), b.checkpoints - a.checkpoints)
               for name, a, b in zip(("before", "during", "after"), edges, edges[1:],
                                     strict=False)}
-    if purge.rows != args.purge:
+    if purge.rows != args.purge and control_s is None:
         say(f"warning: the purge deleted {purge.rows:,} rows, expected {args.purge:,}")
     return (purge_figures(samples, purge, watcher, args.window, fed, load.pids, server),
             wait_summary(watcher, purge, args.window, load.pids))
@@ -204,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
                 two, waits[i] = phase2(args, big, history,
                                        lambda w, i=i: say(f"phase 2 run {i + 1}: {w}"))
                 figures.update(two)
+            if i < args.control:
+                # Is the drop during the purge the purge's, or the windows' (a queue table
+                # slows as dead index entries pile up, and autovacuum is off here)?
+                control, _ = phase2(args, big, history,
+                                    lambda w, i=i: say(f"control run {i + 1}: {w}"),
+                                    control_s=figures.get("purge_s", 120.0))
+                figures.update({f"ctl_{k}": control[k] for k in CONTROL_KEYS})
             runs.append(figures)
         index_names = sorted(k.removeprefix("size_") for k in built
                              if k.startswith("size_") and k not in ("size_heap", "size_total"))

@@ -67,8 +67,9 @@ def purge_figures(s: Samples, purge: PurgeResult, watcher: LockWatcher, span: fl
         f[f"purge_{key}_max"] = ms[-1] if ms else float("nan")
     for name, (lo_, hi_) in edges.items():
         sampled = sum(1 for at in watcher.sampled_at if lo_ <= at < hi_)
-        waiting = sum(1 for w in watcher.waits if lo_ <= w.at < hi_ and w.is_commit
-                      and pids.get(w.pid) == "claimer" and w.kind in ("IO", "LWLock"))
+        # Distinct samples: both claimers waiting at once counts once.
+        waiting = len({w.at for w in watcher.waits if lo_ <= w.at < hi_ and w.is_commit
+                       and pids.get(w.pid) == "claimer" and w.kind in ("IO", "LWLock")})
         f[f"commit_wait_{name}"] = waiting / sampled * 100 if sampled else float("nan")
         f[f"wal_{name}"], checkpoints = server[name]
         f[f"checkpoints_{name}"] = float(checkpoints)
@@ -95,9 +96,13 @@ def wait_summary(watcher: LockWatcher, purge: PurgeResult, span: float,
                 else "after")
         if when == "before" and w.at < purge.started - span:
             continue
-        what = "COMMIT" if w.is_commit else w.who if w.is_claim_or_mark else w.query[:30]
-        cause = (f"lock '{w.event}', blocked by {w.blocked_by}" if w.kind == "Lock"
-                 else f"{w.kind} '{w.event}'")
+        if w.kind == "Lock":
+            what = w.who if w.is_claim_or_mark else w.query[:30]
+            cause = f"lock '{w.event}', blocked by {w.blocked_by}"
+        elif w.is_commit:
+            what, cause = "COMMIT", "WAL (WALSync / WALWrite / WALInsert)"
+        else:
+            what, cause = "claim or mark", "buffers or data files (I/O, buffer LWLocks)"
         key = f"{when} the purge: {what} waits on {cause}"
         counts[key] = counts.get(key, 0) + 1
     order = {"before": 0, "during": 1, "after": 2}
@@ -156,6 +161,20 @@ def table_rows(args: argparse.Namespace, index_names: Sequence[str]) -> list[Row
             at_most(1000.0, "<= 1000 ms")),
         Row("mark transaction max before, ms", "mark_tx_max_before", ms),
         Row("mark transaction max during, ms", "mark_tx_max_during", ms),
+        f"   control: the same claimers and windows, a sleep as long as the purge instead of it"
+        f" ({args.control} run(s))",
+        Row(f"claim + mark rows/s, {args.window:g} s before", "ctl_cm_before"),
+        Row("claim + mark rows/s, during the sleep", "ctl_cm_during"),
+        Row(f"claim + mark rows/s, {args.window:g} s after", "ctl_cm_after"),
+        Row("during / before (compare with the purge's)", "ctl_ratio_during", "{:.2f}"),
+        Row("after / before", "ctl_ratio_after", "{:.2f}"),
+        Row("claim statement p99 before, ms", "ctl_claim_p99_before", ms),
+        Row("claim statement p99 during, ms", "ctl_claim_p99_during", ms),
+        Row("claim statement max during, ms", "ctl_claim_max_during", ms),
+        Row("claim transaction max during, ms", "ctl_claim_tx_max_during", ms),
+        Row("% of samples with a claimer's COMMIT waiting on WAL I/O, during",
+            "ctl_commit_wait_during", "{:.1f}%"),
+        Row("checkpoints during", "ctl_checkpoints_during"),
         "   the server (WAL is shared with every database on it, other sessions' included)",
         Row("WAL written before, MB/s", "wal_before", "{:,.1f}"),
         Row("WAL written during, MB/s", "wal_during", "{:,.1f}"),
