@@ -163,8 +163,8 @@ def phase2(args: argparse.Namespace, big: Engine, history: scale_data.History, s
                 time.sleep(control_s)
                 purge = PurgeResult(0, 0, t0, time.monotonic(), {})
             edges.append(scale_data.server_counters(big))
-            say(f"purged {purge.rows:,} rows in {purge.ended - purge.started:.1f} s; "
-                f"{args.window:g} s after")
+            done = "slept" if control_s is not None else f"purged {purge.rows:,} rows"
+            say(f"{done} in {purge.ended - purge.started:.1f} s; {args.window:g} s after")
             time.sleep(args.window)
             edges.append(scale_data.server_counters(big))
             samples, fed = load.stop()
