@@ -8,9 +8,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from models import schema
-from models.database import make_engine
-from models.validation import canonical_json, validate_purchase
+from spotler_outbox import migrations
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.validation import canonical_json, validate_purchase
 
 DEFAULT_URL = os.environ.get(
     "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/spotler_outbox_bench")
@@ -59,7 +59,7 @@ def prepare(url: str) -> Engine:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
         conn.execute(sa.text(f'CREATE DATABASE "{parsed.database}"'))
     admin.dispose()
-    schema.upgrade(url)
+    migrations.upgrade(url)
     engine = make_engine(url)
     bench_meta.create_all(engine)
     return engine

@@ -31,9 +31,9 @@ from benchmarks.procs import (
     start_beat,
     start_worker,
 )
-from models import wakeup
-from models.enqueue import enqueue_purchase
-from models.settings import Settings
+from spotler_outbox.models import wakeup
+from spotler_outbox.models.enqueue import enqueue_purchase
+from spotler_outbox.models.settings import Settings
 
 WORKER_CONCURRENCY = 2
 

@@ -14,10 +14,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from models import store
-from models.database import make_engine
-from models.store import AttemptRecord
-from worker.dispatch import utc_now
+from spotler_outbox.models import claims
+from spotler_outbox.models.claims import AttemptRecord
+from spotler_outbox.models.clock import utc_now
+from spotler_outbox.models.database import make_engine
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def _drain(url: str, batch_size: int, with_attempt: bool, ready: Any, start: Any
         token = uuid.uuid4().hex
         lease_until = now + dt.timedelta(seconds=120)
         with engine.begin() as conn:
-            rows = store.claim_due(conn, limit=batch_size, token=token, now=now,
+            rows = claims.claim_due(conn, limit=batch_size, token=token, now=now,
                                    lease_until=lease_until)
         if not rows:
             break
@@ -54,8 +54,8 @@ def _drain(url: str, batch_size: int, with_attempt: bool, ready: Any, start: Any
                 record = AttemptRecord(started_at=now, duration_ms=1, event_count=len(rows),
                                        http_status=200, outcome="delivered", error_class=None,
                                        response_excerpt='{"success":true}', worker="raw-bench")
-                store.record_attempt(conn, record, rows)
-            done += store.mark_delivered(conn, [r.id for r in rows], token=token, now=settled,
+                claims.record_attempt(conn, record, rows)
+            done += claims.mark_delivered(conn, [r.id for r in rows], token=token, now=settled,
                                          http_status=200)
     out.put((done, t0, time.monotonic()))
     engine.dispose()

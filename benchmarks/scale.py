@@ -34,7 +34,7 @@ from benchmarks import scale_data
 from benchmarks.report import render
 from benchmarks.scale_load import Load, LockWatcher, PurgeResult, run_purge
 from benchmarks.scale_report import drain_figures, purge_figures, table_rows, wait_summary
-from worker.dispatch import utc_now
+from spotler_outbox.models.clock import utc_now
 
 DEFAULT_URL = os.environ.get(
     "BENCH_SCALE_DATABASE_URL",

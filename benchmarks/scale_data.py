@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from benchmarks import db
-from models import store
-from worker.dispatch import utc_now
+from spotler_outbox.models import claims, tables
+from spotler_outbox.models.clock import utc_now
 
 # A Purchase as enqueue stores it (canonical JSON, three products): ~300 bytes. Passed as a
 # bind parameter, because in sa.text() its `:9.95`-like fragments would read as parameters.
@@ -202,7 +202,7 @@ def explain(engine: Engine, statement: sa.ClauseElement, params: dict[str, Any])
 
 def explain_claim(engine: Engine, limit: int) -> str:
     now = utc_now()
-    statement = store._claim_statement()
+    statement = claims._claim_statement()
     assert isinstance(statement, sa.ClauseElement)
     return explain(engine, statement, {
         "from_status": "pending", "n": limit, "token": uuid.uuid4().hex, "now": now,
@@ -211,7 +211,7 @@ def explain_claim(engine: Engine, limit: int) -> str:
 
 def explain_purge_pick(engine: Engine, before: dt.datetime, limit: int) -> str:
     """The purge's per-batch id query (models.operations.delivered_ids_before)."""
-    events = store.events  # the same Table object models.operations reads
+    events = tables.events  # the same Table object models.operations reads
     stmt = (sa.select(events.c.id).where(events.c.status == "delivered",
                                          events.c.delivered_at < sa.bindparam("before"))
             .order_by(events.c.id).limit(sa.bindparam("n")))

@@ -20,11 +20,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from benchmarks import scale_data
-from models import operations as ops
-from models import store
-from models.database import make_engine
-from worker.cli_format import parse_cutoff
-from worker.dispatch import utc_now
+from spotler_outbox.models import claims
+from spotler_outbox.models import operations as ops
+from spotler_outbox.models.clock import utc_now
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.worker.console.format import parse_cutoff
 
 # spawn, not fork: a child must not inherit the parent's pooled connections.
 CTX = mp.get_context("spawn")
@@ -65,7 +65,7 @@ def _claimer(url: str, batch: int, drain: bool, ready: Any, start: Any, stop: An
         t0 = time.monotonic()
         with engine.begin() as conn:
             t1 = time.monotonic()
-            rows = store.claim_due(conn, limit=batch, token=token, now=now,
+            rows = claims.claim_due(conn, limit=batch, token=token, now=now,
                                    lease_until=now + dt.timedelta(seconds=120))
             t2 = time.monotonic()
         t3 = time.monotonic()
@@ -76,7 +76,7 @@ def _claimer(url: str, batch: int, drain: bool, ready: Any, start: Any, stop: An
             time.sleep(0.005)
             continue
         with engine.begin() as conn:
-            done = store.mark_delivered(conn, [r.id for r in rows], token=token,
+            done = claims.mark_delivered(conn, [r.id for r in rows], token=token,
                                         now=utc_now(), http_status=200)
         t4 = time.monotonic()
         s.claim_at.append(t1)

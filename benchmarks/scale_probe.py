@@ -26,10 +26,10 @@ from sqlalchemy.engine import Engine
 
 from benchmarks import db, scale_data
 from benchmarks.scale import DEFAULT_URL
-from models import operations as ops
-from models.database import make_engine
-from models.store import events
-from worker.dispatch import utc_now
+from spotler_outbox.models import operations as ops
+from spotler_outbox.models.clock import utc_now
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.tables import events
 
 KEYSET_PICK = (
     sa.select(events.c.id, events.c.delivered_at)

@@ -1,12 +1,13 @@
-"""Alembic environment: the URL comes from the config (models.schema) or OUTBOX_DATABASE_URL."""
+"""Alembic environment: the URL comes from the config (spotler_outbox.migrations.upgrade),
+else from OUTBOX_DATABASE_URL."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from models.database import make_engine
-from models.settings import get_settings
-from models.tables import Base
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.settings import get_settings
+from spotler_outbox.models.tables import Base
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().database_url

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 
-from models.errors import ConfigurationError
+from spotler_outbox.models.errors import ConfigurationError
 
 SUPPORTED_BACKENDS = ("postgresql", "mysql", "mariadb", "sqlite")
 
@@ -55,3 +57,36 @@ def _make_sqlite_take_write_locks(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(connection: sa.Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def shown_url(url: str | URL) -> str:
+    """The URL with its password masked: how a database is named in output and errors."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(unparseable database URL)"
+
+
+def require_existing_sqlite(engine: Engine) -> None:
+    """Refuse a SQLite path that does not exist: connecting would create an empty file and
+    then report its missing tables for ever."""
+    path = engine.url.database or ""
+    if (engine.dialect.name == "sqlite" and path not in ("", ":memory:")
+            and not path.startswith("file:") and not Path(path).exists()):
+        raise ConfigurationError(f"no SQLite outbox at {path}; create it with `spotler-outbox "
+                                 "migrate` or point OUTBOX_DATABASE_URL at it")
+
+
+_MISSING_TABLE = re.compile(r"no such table|relation .* does not exist|table .* doesn't exist",
+                            re.IGNORECASE)
+
+
+def describe_database_error(error: sa.exc.SQLAlchemyError, url: str | URL) -> str:
+    """One line for an operator: what the database said, and which database (its URL with the
+    password field masked; drivers do not echo passwords in their messages)."""
+    cause = error.orig if isinstance(error, sa.exc.DBAPIError) else error
+    detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    if _MISSING_TABLE.search(detail):
+        return (f"the outbox tables are missing in {shown_url(url)} ({detail}); run "
+                "`spotler-outbox migrate`")
+    return f"cannot use the database at {shown_url(url)}: {detail}"

@@ -11,10 +11,10 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from models import wakeup
-from models.settings import Settings, get_settings
-from models.tables import OutboxEvent
-from models.validation import canonical_json, validate_purchase
+from spotler_outbox.models import wakeup
+from spotler_outbox.models.settings import Settings, get_settings
+from spotler_outbox.models.tables import OutboxEvent
+from spotler_outbox.models.validation import canonical_json, validate_purchase
 
 _WAKEUP_FLAG = "spotler_outbox_wakeup"
 _LISTENING = "spotler_outbox_listening"
@@ -58,12 +58,7 @@ def enqueue_purchase(
     Raises InvalidEvent, naming every bad field, before touching the database.
     """
     settings = settings or get_settings()
-    payload = validate_purchase(
-        event,
-        multi_currency=settings.multi_currency,
-        multi_language=settings.multi_language,
-        hash_email=settings.hash_email,
-    )
+    payload = validate_purchase(event, settings)
     values = {"event": payload["event"], "orderid": payload["orderid"],
               "payload": canonical_json(payload)}
     conn = session.connection()

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from models.operations import RATE_WINDOW, StatusSummary, status_summary
-from models.store import attempts_table
+from spotler_outbox.models.operations import RATE_WINDOW, StatusSummary, status_summary
+from spotler_outbox.models.tables import attempts_table
 
 
 @dataclass(frozen=True)

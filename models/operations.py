@@ -1,6 +1,6 @@
 """The operator's SQL on the outbox tables: what the CLI shows, and the few rows it may change.
 
-Like models.store, every function takes a Connection inside a transaction the caller owns, and
+Like models.claims, every function takes a Connection inside a transaction the caller owns, and
 `now` from the caller. The changes guard on the status they expect in their WHERE clause, so an
 operator racing a worker changes nothing the worker has moved on since.
 """
@@ -10,14 +10,15 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from models.errors import NotFound, OutboxError
-from models.store import Control, attempt_events, attempts_table, events, read_control
-from models.tables import DUE_STATUSES, Status
+from spotler_outbox.models.clock import as_utc
+from spotler_outbox.models.control import Control, read_control
+from spotler_outbox.models.errors import NotFound, OutboxError
+from spotler_outbox.models.tables import Status, attempt_events, attempts_table, due, events
 
 PURCHASE = "Purchase"
 RATE_WINDOW = dt.timedelta(minutes=5)
@@ -79,10 +80,6 @@ def _event_row(row: Any) -> EventRow:
     return EventRow(**row._asdict())
 
 
-def _due(now: dt.datetime) -> sa.ColumnElement[bool]:
-    return sa.and_(events.c.status.in_(DUE_STATUSES), events.c.next_attempt_at <= now)
-
-
 def status_summary(conn: sa.Connection, now: dt.datetime) -> StatusSummary:
     counts = {status.value: 0 for status in Status}
     for status, count in conn.execute(
@@ -90,7 +87,7 @@ def status_summary(conn: sa.Connection, now: dt.datetime) -> StatusSummary:
     ):
         counts[status] = int(count)
     oldest = conn.execute(
-        sa.select(events.c.orderid, events.c.created_at).where(_due(now))
+        sa.select(events.c.orderid, events.c.created_at).where(due(now))
         .order_by(events.c.created_at, events.c.id).limit(1)
     ).first()
     last_delivered = conn.execute(sa.select(sa.func.max(events.c.delivered_at))).scalar()
@@ -105,19 +102,10 @@ def status_summary(conn: sa.Connection, now: dt.datetime) -> StatusSummary:
         oldest_due_orderid=oldest.orderid if oldest else None,
         oldest_due_created_at=oldest.created_at if oldest else None,
         # max() loses the column type on some dialects: read it back through UTCDateTime.
-        last_delivered_at=_as_utc(last_delivered),
+        last_delivered_at=as_utc(last_delivered),
         delivered_last_window=int(recent),
         control=read_control(conn),
     )
-
-
-def _as_utc(value: Any) -> dt.datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    stamp = cast(dt.datetime, value)
-    return stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
 
 
 def _filters(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from spotler_outbox.models.clock import as_utc
 
 
 class Status(enum.StrEnum):
@@ -45,13 +47,7 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
         return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
 
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):  # a raw SQLite default such as CURRENT_TIMESTAMP
-            value = dt.datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
-        return value.astimezone(dt.UTC)  # type: ignore[no-any-return]
+        return as_utc(value)  # text on SQLite for a raw default such as CURRENT_TIMESTAMP
 
 
 class utc_now(sa.sql.expression.FunctionElement[dt.datetime]):
@@ -188,3 +184,15 @@ class DispatchControl(Base):
     next_auth_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     not_before: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=utc_now())
+
+
+# Table handles for SQL Core: the claim, the operator's commands and the views all use these.
+events = cast(sa.Table, OutboxEvent.__table__)
+attempts_table = cast(sa.Table, DeliveryAttempt.__table__)
+attempt_events = cast(sa.Table, AttemptEvent.__table__)
+control = cast(sa.Table, DispatchControl.__table__)
+
+
+def due(now: dt.datetime) -> sa.ColumnElement[bool]:
+    """Rows a worker may claim now: pending and due, or in flight with an expired lease."""
+    return sa.and_(events.c.status.in_(DUE_STATUSES), events.c.next_attempt_at <= now)

@@ -15,8 +15,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from models.currencies import ISO_4217
-from models.errors import InvalidEvent
+from spotler_outbox.models.currencies import ISO_4217
+from spotler_outbox.models.errors import InvalidEvent
+from spotler_outbox.models.settings import Settings
 
 MAX_ORDERID_LENGTH = 128
 MAX_TEXT_LENGTH = 1024
@@ -46,11 +47,16 @@ _DATETIME = re.compile(
 _EPOCH_MIN, _EPOCH_MAX = 946_684_800, 4_102_444_800
 
 
-def validate_purchase(
-    event: Any, *, multi_currency: bool = False, multi_language: bool = False,
-    hash_email: bool = False,
-) -> dict[str, Any]:
-    """Return the event exactly as it will be sent, or raise InvalidEvent naming every problem."""
+_PLAIN = Settings()
+
+
+def validate_purchase(event: Any, settings: Settings = _PLAIN) -> dict[str, Any]:
+    """Return the event exactly as it will be sent, or raise InvalidEvent naming every problem.
+
+    `settings` says what the shop's Spotler account needs: SPOTLER_MULTI_CURRENCY,
+    SPOTLER_MULTI_LANGUAGE and SPOTLER_HASH_EMAIL (the default: none of them).
+    """
+    multi_currency, multi_language = settings.multi_currency, settings.multi_language
     problems: list[str] = []
     if not isinstance(event, Mapping):
         raise InvalidEvent([f"event: must be a JSON object, got {_kind(event)}"])
@@ -79,7 +85,7 @@ def validate_purchase(
                     f"products[{i}].language: is required when SPOTLER_MULTI_LANGUAGE is on"
                 )
     if not problems:
-        if hash_email and not _SHA256.match(out["email"]):
+        if settings.hash_email and not _SHA256.match(out["email"]):
             out["email"] = hash_email_address(out["email"])
         size = len(canonical_json(out).encode("utf-8"))
         if size > MAX_PAYLOAD_BYTES:
@@ -142,8 +148,12 @@ def _text_problem(value: Any, limit: int = MAX_TEXT_LENGTH) -> str | None:
     return None
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int in Python
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
 def _check_event(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
@@ -170,7 +180,7 @@ def _check_email(key: str, value: Any, out: dict[str, Any], problems: list[str])
 
 
 def _check_orderid(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _is_int(value):
         value = str(value)
     problem = _text_problem(value, MAX_ORDERID_LENGTH)
     if problem is None and value != value.strip():
@@ -182,7 +192,7 @@ def _check_orderid(key: str, value: Any, out: dict[str, Any], problems: list[str
 
 
 def _check_userid(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _is_int(value):
         value = str(value)
     _check_text(key, value, out, problems)
 
@@ -245,7 +255,7 @@ def _check_birthdate(key: str, value: Any, out: dict[str, Any], problems: list[s
 
 
 def _check_timestamp(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _is_int(value):
         if _EPOCH_MIN <= value <= _EPOCH_MAX:
             out[key] = value
             return
@@ -303,14 +313,14 @@ def _check_product(path: str, product: Any, problems: list[str]) -> dict[str, An
     for name, value in product.items():
         field = f"{path}.{name}"
         if name == "id":
-            sku = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+            sku = str(value) if _is_int(value) else value
             problem = _text_problem(sku, 255)
             if problem is None:
                 out[name] = sku
             else:
                 problems.append(f"{field}: {problem}")
         elif name == "quantity":
-            ok = isinstance(value, int) and not isinstance(value, bool)
+            ok = _is_int(value)
             if ok and 0 < value <= MAX_QUANTITY:
                 out[name] = value
             else:
@@ -351,7 +361,7 @@ def _check_category_ids(field: str, value: Any, out: dict[str, Any], problems: l
         return
     ids = []
     for i, item in enumerate(value):
-        item = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
+        item = str(item) if _is_int(item) else item
         problem = _text_problem(item, 255)
         if problem is None:
             ids.append(item)

@@ -14,10 +14,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from models import schema
-from models.database import make_engine
-from models.settings import Settings, reset_settings
-from models.tables import Base
+from spotler_outbox import migrations
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.settings import Settings, reset_settings
+from spotler_outbox.models.tables import Base
 
 # A separate name lets two test runs share the servers without wiping each other's rows.
 TEST_DB = os.environ.get("TEST_DB_NAME", "spotler_outbox_test")
@@ -92,7 +92,7 @@ def tmp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _migrated_url(backend: str, tmp_root: Path) -> str:
     url = backend_url(backend, tmp_root)
     if url not in _migrated:
-        schema.upgrade(url)
+        migrations.upgrade(url)
         _migrated.add(url)
     return url
 

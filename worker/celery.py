@@ -1,4 +1,4 @@
-"""The Celery application: `celery -A worker worker` and `celery -A worker beat` find `app` here.
+"""The Celery application: `celery -A spotler_outbox.worker worker|beat|flower` finds `app` here.
 
 Configuration is read from the settings only when Celery first needs it, never at import.
 """
@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery
 
-app = Celery("spotler_outbox", include=["worker.tasks"])
+app = Celery("spotler_outbox", include=["spotler_outbox.worker.tasks"])
 
 
 class _LazyConfig:
@@ -26,7 +26,7 @@ class _LazyConfig:
 
 
 def celery_config() -> dict[str, Any]:
-    from models.settings import get_settings
+    from spotler_outbox.models.settings import get_settings
 
     settings = get_settings()
     lease = settings.lease_seconds

@@ -7,7 +7,7 @@ import logging
 import re
 import sys
 
-from models.settings import Settings
+from spotler_outbox.models.settings import Settings
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+\.)+[A-Za-z]{2,}")
 

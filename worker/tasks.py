@@ -1,4 +1,4 @@
-"""Thin Celery tasks over worker.dispatch. Arguments are never payloads (Flower shows them)."""
+"""Thin Celery tasks over the dispatcher. Arguments are never payloads (Flower shows them)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from celery.signals import worker_init, worker_process_init, worker_shutting_dow
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from models.database import make_engine
-from models.settings import get_settings
-from models.wakeup import DISPATCH_TASK, WAKEUP_EXPIRES_SECONDS
-from worker.celery import app
-from worker.client import SpotlerClient
-from worker.dispatch import Dispatcher, DispatchReport
-from worker.logs import configure_logging
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.settings import get_settings
+from spotler_outbox.models.wakeup import DISPATCH_TASK, WAKEUP_EXPIRES_SECONDS
+from spotler_outbox.worker.celery import app
+from spotler_outbox.worker.dispatch import Dispatcher
+from spotler_outbox.worker.logs import configure_logging
+from spotler_outbox.worker.spotler.client import SpotlerClient
 
 log = logging.getLogger("spotler_outbox.tasks")
 
@@ -111,7 +111,7 @@ def dispatch() -> dict[str, Any]:
     if report.budget_spent and not dispatcher.stopping.is_set():
         # More may be due: hand over to a fresh task instead of holding this slot forever.
         dispatch.apply_async(expires=WAKEUP_EXPIRES_SECONDS)
-    return _summary(report)
+    return report.as_result()
 
 
 @app.task(name="spotler_outbox.sweep")
@@ -133,9 +133,3 @@ def sweep() -> dict[str, Any]:
     for _ in range(woken):
         dispatch.apply_async(expires=WAKEUP_EXPIRES_SECONDS)
     return {"paused": False, "woken": woken}
-
-
-def _summary(report: DispatchReport) -> dict[str, Any]:
-    return {"claimed": report.claimed, "delivered": report.delivered, "retried": report.retried,
-            "failed": report.failed, "released": report.released, "requests": report.requests,
-            "paused": report.paused, "held": report.held}

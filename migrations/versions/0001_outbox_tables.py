@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from models.tables import BigId, PayloadText, UTCDateTime, key_text, utc_now
+from spotler_outbox.models.tables import BigId, PayloadText, UTCDateTime, key_text, utc_now
 
 revision = "0001"
 down_revision = None

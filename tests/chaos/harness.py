@@ -16,14 +16,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from models import enqueue_purchase, schema
-from models.database import make_engine
-from models.settings import Settings
+from spotler_outbox import enqueue_purchase, migrations
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.worker.fake_spotler.server import Faults, start_fake_api
 from tests.conftest import purchase
 from tests.integration.fixtures import ACCOUNT, API_KEY
 from tests.integration.workers import WorkerProcess, wait_for, worker_environment
 from tests.services import ThrowawayPostgres, ThrowawayRedis
-from worker.fake_api import Faults, start_fake_api
 
 LEASE_SECONDS = 15
 
@@ -82,7 +82,7 @@ class Chaos:
         return self.report
 
     def _run_with_services(self) -> None:
-        schema.upgrade(self.postgres.url)
+        migrations.upgrade(self.postgres.url)
         self.engine = make_engine(self.postgres.url, pool_size=2)
         env = worker_environment(
             self.postgres.url, self.api.url, OUTBOX_BROKER_URL=self.redis.url,

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from spotler_outbox.worker.fake_spotler.server import RunningFakeApi, start_fake_api
 from tests.integration.fixtures import ACCOUNT, API_KEY
 from tests.integration.workers import redis_or_skip
-from worker.fake_api import RunningFakeApi, start_fake_api
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from models import OutboxEvent, enqueue_purchase
-from models.settings import Settings
+from spotler_outbox import enqueue_purchase
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.tables import OutboxEvent
 from tests.conftest import purchase
 
 ACCOUNT = "test-account"

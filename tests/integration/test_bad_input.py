@@ -18,15 +18,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from models.database import make_engine
-from models.errors import InvalidEvent
-from models.validation import validate_purchase
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.errors import InvalidEvent
+from spotler_outbox.models.validation import validate_purchase
+from spotler_outbox.worker.dispatch import Dispatcher
+from spotler_outbox.worker.fake_spotler.server import RunningFakeApi, start_fake_api
+from spotler_outbox.worker.spotler.client import SpotlerClient
 from tests.conftest import purchase
 from tests.integration.fixtures import ACCOUNT, API_KEY, delivery_settings, insert_raw
 from tests.unit.strategies import breakages, valid_purchases
-from worker.client import SpotlerClient
-from worker.dispatch import Dispatcher
-from worker.fake_api import RunningFakeApi, start_fake_api
 
 INJECTIONS = ["'; DROP TABLE outbox_events; --", "<script>alert(1)</script>", "${jndi:ldap://x}",
               "\u202eevil", "Robert'); --", "\\\\x00", "%s%s%n", "🛒" * 50]
@@ -172,9 +172,9 @@ def test_every_malformed_line_of_an_import_is_refused_naming_the_field_and_the_r
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from models.settings import reset_settings
+    from spotler_outbox.models.settings import reset_settings
+    from spotler_outbox.worker.console.cli import main
     from tests.conftest import wipe
-    from worker.cli import main
 
     wipe(engine)
     monkeypatch.setenv("OUTBOX_DATABASE_URL", database_url)

@@ -13,16 +13,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from models import store
-from models.enqueue import enqueue_purchase
-from models.settings import Settings, reset_settings
-from models.store import AttemptRecord, ClaimedRow
-from models.tables import Status
+from spotler_outbox.models import claims, control, tables
+from spotler_outbox.models.claims import AttemptRecord, ClaimedRow
+from spotler_outbox.models.enqueue import enqueue_purchase
+from spotler_outbox.models.settings import Settings, reset_settings
+from spotler_outbox.models.tables import Status
+from spotler_outbox.worker.console.cli import main
+from spotler_outbox.worker.fake_spotler.server import RunningFakeApi, start_fake_api
 from tests.conftest import purchase
-from worker.cli import main
-from worker.fake_api import RunningFakeApi, start_fake_api
 
-events = store.events
+events = tables.events
 ACCOUNT, API_KEY = "acct-cli", "cli-key-that-must-never-show"
 
 
@@ -95,7 +95,7 @@ def test_status_shows_a_pause_with_its_reason(
     cli_env: str, engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with engine.begin() as conn:
-        store.pause(conn, reason="Spotler refused the credentials (HTTP 401)", now=now(),
+        control.pause(conn, reason="Spotler refused the credentials (HTTP 401)", now=now(),
                     check_at=now())
     code, out, _ = run(capsys, "status")
     assert code == 0
@@ -135,7 +135,7 @@ def test_show_masks_the_email_and_lists_every_attempt(
     with engine.begin() as conn:
         for number, status, outcome in ((1, 503, "retryable"), (2, 200, "delivered")):
             record = AttemptRecord(now(), 40, 7, status, outcome, None, "excerpt", "w1")
-            store.record_attempt(conn, record, [ClaimedRow(event_id, "S-1", "{}", number, now())])
+            claims.record_attempt(conn, record, [ClaimedRow(event_id, "S-1", "{}", number, now())])
 
     code, out, _ = run(capsys, "show", "S-1")
     assert code == 0
@@ -225,8 +225,8 @@ def test_purge_deletes_only_old_delivered_rows_and_the_attempts_left_without_row
     with engine.begin() as conn:
         record = AttemptRecord(old, 10, 2, 200, "delivered", None, None, None)
         rows = [ClaimedRow(ids[o], o, "{}", 1, old) for o in ("OLD-1", "OLD-2")]
-        only_old = store.record_attempt(conn, record, rows)
-        mixed = store.record_attempt(conn, record, [
+        only_old = claims.record_attempt(conn, record, rows)
+        mixed = claims.record_attempt(conn, record, [
             ClaimedRow(ids["OLD-1"], "OLD-1", "{}", 2, old),
             ClaimedRow(ids["NEW-1"], "NEW-1", "{}", 1, old)])
 
@@ -235,7 +235,7 @@ def test_purge_deletes_only_old_delivered_rows_and_the_attempts_left_without_row
     assert out.startswith("purged 2 orders delivered before") and "and 1 delivery" in out
     with engine.connect() as conn:
         left = set(conn.execute(sa.select(events.c.orderid)).scalars())
-        attempts = set(conn.execute(sa.select(store.attempts_table.c.id)).scalars())
+        attempts = set(conn.execute(sa.select(tables.attempts_table.c.id)).scalars())
     assert left == {"NEW-1", "OLD-FAILED"}
     assert attempts == {mixed} and only_old not in attempts
 

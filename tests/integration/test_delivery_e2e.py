@@ -13,10 +13,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from models import enqueue_purchase
-from models.database import make_engine
-from models.settings import Settings
-from models.tables import Status
+from spotler_outbox import enqueue_purchase
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.tables import Status
+from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi
 from tests.conftest import purchase
 from tests.integration.fixtures import ACCOUNT, API_KEY, insert_raw, row
 from tests.integration.workers import (
@@ -25,7 +26,6 @@ from tests.integration.workers import (
     wait_for,
     worker_environment,
 )
-from worker.fake_api import Faults, RunningFakeApi
 
 
 @pytest.fixture
@@ -226,7 +226,7 @@ def test_beat_runs_as_its_own_process_and_its_sweeps_deliver(
 
     insert_raw(engine, "V-1", json.dumps(purchase("V-1")))
     beat = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel=INFO",
+        [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "beat", "--loglevel=INFO",
          f"--schedule={tmp_path / 'beat-schedule'}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -10,8 +10,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from models import store
-from models.tables import DeliveryAttempt, Status
+from spotler_outbox.models import claims
+from spotler_outbox.models.tables import DeliveryAttempt, Status
+from spotler_outbox.worker.dispatch import Dispatcher
+from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi, start_fake_api
+from spotler_outbox.worker.spotler.client import SpotlerClient
 from tests.conftest import purchase
 from tests.integration.fixtures import (
     ACCOUNT,
@@ -22,9 +25,6 @@ from tests.integration.fixtures import (
     seed,
     statuses,
 )
-from worker.client import SpotlerClient
-from worker.dispatch import Dispatcher
-from worker.fake_api import Faults, RunningFakeApi, start_fake_api
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def api(fake_api: RunningFakeApi) -> RunningFakeApi:
 
 def make_dispatcher(database_url: str, api: RunningFakeApi, **overrides: object) -> Dispatcher:
     settings = delivery_settings(database_url, api.url, **overrides)
-    from models.database import make_engine
+    from spotler_outbox.models.database import make_engine
 
     return Dispatcher(make_engine(settings.database_url), SpotlerClient(settings), settings,
                       worker_name="test")
@@ -157,9 +157,9 @@ def test_a_429_holds_every_request_until_retry_after_has_passed(
     dispatcher = make_dispatcher(database_url, api)
     seed(engine, ["L-1"], dispatcher.settings)
     api.state.set_faults(Faults(rate_limit_seconds=1.0))
-    assert dispatcher.run().held
+    assert dispatcher.run().rate_limited
     assert row(engine, "L-1").attempts == 0
-    assert dispatcher.run().held  # no request while held
+    assert dispatcher.run().rate_limited  # no request while held
     assert len(api.state.request_log()) == 1
     drain(dispatcher)
     log = api.state.request_log()
@@ -209,17 +209,17 @@ def test_an_expired_lease_makes_a_claimed_row_claimable_again_and_the_old_claim_
     seed(engine, ["E-1"], dispatcher.settings)
     now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
-        first = store.claim_due(conn, limit=10, token="dead-worker", now=now,
+        first = claims.claim_due(conn, limit=10, token="dead-worker", now=now,
                                 lease_until=now + dt.timedelta(seconds=0.2))
     assert [r.orderid for r in first] == ["E-1"]
     with engine.begin() as conn:
-        assert store.claim_due(conn, limit=10, token="other", now=now,
+        assert claims.claim_due(conn, limit=10, token="other", now=now,
                                lease_until=now + dt.timedelta(seconds=10)) == []
     time.sleep(0.3)
     dispatcher.run()
     assert row(engine, "E-1").status == Status.DELIVERED
     with engine.begin() as conn:
-        assert store.mark_delivered(conn, [first[0].id], token="dead-worker",
+        assert claims.mark_delivered(conn, [first[0].id], token="dead-worker",
                                     now=now, http_status=200) == 0
 
 
@@ -228,7 +228,7 @@ def test_an_operator_retry_of_an_old_order_gets_a_full_retry_window(
 ) -> None:
     import datetime as dt
 
-    from models import operations
+    from spotler_outbox.models import operations
 
     dispatcher = make_dispatcher(database_url, api, max_age=3600)
     seed(engine, ["OLD-1"], dispatcher.settings)

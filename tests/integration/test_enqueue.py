@@ -14,8 +14,9 @@ from hypothesis import settings as hsettings
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from models import InvalidEvent, OutboxEvent, Status, enqueue_purchase
-from models.settings import Settings
+from spotler_outbox import InvalidEvent, enqueue_purchase
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.tables import OutboxEvent, Status
 from tests.conftest import purchase
 from tests.unit.strategies import valid_purchases
 

@@ -12,19 +12,19 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from models import schema
-from models.database import make_engine
-from models.settings import Settings
+from spotler_outbox import migrations
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi
 from tests.integration.test_delivery_e2e import all_settled, counts, enqueue_orders
 from tests.integration.workers import running_worker, wait_for, worker_environment
 from tests.services import ThrowawayPostgres, ThrowawayRedis
-from worker.fake_api import Faults, RunningFakeApi
 
 
 @pytest.fixture
 def postgres() -> Iterator[ThrowawayPostgres]:
     server = ThrowawayPostgres()
-    schema.upgrade(server.url)
+    migrations.upgrade(server.url)
     yield server
     server.destroy()
 

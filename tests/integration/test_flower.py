@@ -10,12 +10,12 @@ import redis
 import requests
 from sqlalchemy.engine import Engine
 
-from models.database import make_engine
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.worker.fake_spotler.server import RunningFakeApi
 from tests.integration.fixtures import API_KEY
 from tests.integration.test_delivery_e2e import all_settled, enqueue_orders, producer_settings
 from tests.integration.workers import running_worker, wait_for, worker_environment
 from tests.services import free_port, wait_port
-from worker.fake_api import RunningFakeApi
 
 AUTH = ("operator", "flower-secret")
 
@@ -26,7 +26,7 @@ def test_flower_shows_the_worker_and_a_finished_dispatch_task_without_secrets(
     env = worker_environment(postgres_url, api.url)
     port = free_port()
     flower = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}",
+        [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "flower", f"--port={port}",
          "--address=127.0.0.1", f"--basic-auth={AUTH[0]}:{AUTH[1]}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     engine: Engine = make_engine(postgres_url)

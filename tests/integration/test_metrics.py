@@ -16,17 +16,17 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine, make_url
 
-from models import store
-from models.database import make_engine
-from models.operations import RATE_WINDOW
-from models.settings import reset_settings
-from models.store import AttemptRecord, ClaimedRow
+from spotler_outbox.models import claims, control, tables
+from spotler_outbox.models.claims import AttemptRecord, ClaimedRow
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.operations import RATE_WINDOW
+from spotler_outbox.models.settings import reset_settings
+from spotler_outbox.worker.console import exporter as metrics
+from spotler_outbox.worker.console.cli import main
 from tests.integration.fixtures import seed_row as seed
-from worker import metrics
-from worker.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-events = store.events
+events = tables.events
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -75,7 +75,7 @@ def attempt(engine: Engine, row_id: int, started: dt.datetime, duration_ms: int,
                            http_status=200 if outcome == "delivered" else 503, outcome=outcome,
                            error_class=None, response_excerpt=None, worker="w1")
     with engine.begin() as conn:
-        store.record_attempt(conn, record, [ClaimedRow(row_id, "", "", 1, started)])
+        claims.record_attempt(conn, record, [ClaimedRow(row_id, "", "", 1, started)])
 
 
 def seed_busy_outbox(engine: Engine) -> None:
@@ -90,8 +90,8 @@ def seed_busy_outbox(engine: Engine) -> None:
     attempt(engine, delivered, ago(minutes=2), 800, "retryable")
     attempt(engine, delivered, ago(hours=1), 5000, "rejected")  # outside the 5 minutes
     with engine.begin() as conn:
-        store.pause(conn, reason="HTTP 401: bad key", now=now(), check_at=ago(minutes=-1))
-        store.hold_until(conn, now=now(), not_before=ago(seconds=-120))
+        control.pause(conn, reason="HTTP 401: bad key", now=now(), check_at=ago(minutes=-1))
+        control.hold_until(conn, now=now(), not_before=ago(seconds=-120))
 
 
 def test_a_scrape_reports_backlog_failures_pause_hold_attempts_and_durations(
@@ -135,9 +135,9 @@ def test_a_hold_that_has_passed_and_a_resumed_pause_report_zero(
     exporter: str, engine: Engine
 ) -> None:
     with engine.begin() as conn:
-        store.pause(conn, reason="HTTP 403", now=ago(minutes=5), check_at=ago(minutes=4))
-        store.resume(conn, now=ago(minutes=1))
-        store.hold_until(conn, now=ago(minutes=3), not_before=ago(minutes=2))
+        control.pause(conn, reason="HTTP 403", now=ago(minutes=5), check_at=ago(minutes=4))
+        control.resume(conn, now=ago(minutes=1))
+        control.hold_until(conn, now=ago(minutes=3), not_before=ago(minutes=2))
 
     samples = scrape(exporter)
 

@@ -9,9 +9,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from models import schema
-from models.database import make_engine
-from models.tables import Base
+from spotler_outbox import migrations
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.tables import Base
 from tests.conftest import BACKENDS, TEST_DB, backend_url
 
 
@@ -20,13 +20,13 @@ def test_upgrade_downgrade_upgrade_leaves_a_schema_identical_to_the_models(
     backend: str, tmp_root: Path
 ) -> None:
     url = backend_url(backend, tmp_root, database=f"{TEST_DB}_migrations")
-    schema.downgrade(url, "base")
-    schema.upgrade(url)
-    schema.downgrade(url, "base")
+    migrations.downgrade(url, "base")
+    migrations.upgrade(url)
+    migrations.downgrade(url, "base")
     engine = make_engine(url)
     with engine.connect() as conn:
         assert set(sa.inspect(conn).get_table_names()) <= {"alembic_version"}
-    schema.upgrade(url)
+    migrations.upgrade(url)
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         diff = compare_metadata(context, Base.metadata)

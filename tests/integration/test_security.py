@@ -10,12 +10,12 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Engine
 
-from models.errors import OutboxError
-from models.settings import Settings
+from spotler_outbox.models.errors import OutboxError
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.worker.dispatch import Dispatcher
+from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi
+from spotler_outbox.worker.spotler.client import SpotlerClient
 from tests.integration.fixtures import ACCOUNT, API_KEY, delivery_settings, seed
-from worker.client import SpotlerClient
-from worker.dispatch import Dispatcher
-from worker.fake_api import Faults, RunningFakeApi
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +66,7 @@ def test_client_errors_name_the_problem_but_never_the_key() -> None:
 def test_the_worker_logs_mask_email_addresses(
     database_url: str, engine: Engine, api: RunningFakeApi, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from worker.logs import configure_logging
+    from spotler_outbox.worker.logs import configure_logging
 
     api.state.set_faults(Faults(reject_orderids=["S-1"]))
     settings = delivery_settings(database_url, api.url)

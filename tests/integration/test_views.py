@@ -10,14 +10,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from models import schema, store
-from models.database import make_engine
-from models.store import AttemptRecord, ClaimedRow
-from models.tables import UTCDateTime
+from spotler_outbox import migrations
+from spotler_outbox.models import claims, tables
+from spotler_outbox.models.claims import AttemptRecord, ClaimedRow
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.tables import UTCDateTime
 from tests.conftest import BACKENDS, TEST_DB, backend_url
 from tests.integration.fixtures import seed_row as seed
 
-events = store.events
+events = tables.events
 T = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
 VIEWS = {"outbox_status_summary", "outbox_failures"}
 
@@ -32,7 +33,7 @@ def attempt(engine: Engine, row_id: int, number: int, started: dt.datetime, **va
         "outcome": "retryable", "error_class": "RetryableError", "response_excerpt": "busy",
         "worker": "w1", **values})
     with engine.begin() as conn:
-        store.record_attempt(conn, record, [ClaimedRow(row_id, "", "", number, started)])
+        claims.record_attempt(conn, record, [ClaimedRow(row_id, "", "", number, started)])
 
 
 def view_rows(engine: Engine, sql: str, *stamps: str) -> list[dict[str, Any]]:
@@ -117,13 +118,13 @@ def test_downgrading_past_0003_drops_the_views_and_upgrading_brings_them_back(
     backend: str, tmp_root: Path
 ) -> None:
     url = backend_url(backend, tmp_root, database=f"{TEST_DB}_views")
-    schema.upgrade(url)
+    migrations.upgrade(url)
     engine = make_engine(url)
     try:
-        schema.downgrade(url, "0002")
+        migrations.downgrade(url, "0002")
         with engine.connect() as conn:
             assert not VIEWS & set(sa.inspect(conn).get_view_names())
-        schema.upgrade(url)
+        migrations.upgrade(url)
         with engine.connect() as conn:
             assert set(sa.inspect(conn).get_view_names()) >= VIEWS
     finally:

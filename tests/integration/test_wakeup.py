@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from models import enqueue_purchase, wakeup
-from models.settings import Settings
+from spotler_outbox import enqueue_purchase
+from spotler_outbox.models import wakeup
+from spotler_outbox.models.settings import Settings
 from tests.conftest import purchase
 from tests.integration.fixtures import statuses
 

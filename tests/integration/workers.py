@@ -59,7 +59,7 @@ class WorkerProcess:
     def __init__(self, name: str, env: dict[str, str], log_dir: Path, *, beat: bool,
                  concurrency: int = 2, pool: str = "prefork") -> None:
         self.log_path = log_dir / f"{name}.log"
-        command = [sys.executable, "-m", "celery", "-A", "worker", "worker",
+        command = [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "worker",
                    "--loglevel=INFO", f"--hostname={name}@%h", f"--pool={pool}",
                    f"--concurrency={concurrency}", "--without-mingle", "--without-gossip"]
         if beat:

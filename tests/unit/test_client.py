@@ -7,17 +7,22 @@ import time
 
 import pytest
 
-from models.errors import (
+from spotler_outbox.models.errors import ConfigurationError
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.worker.spotler.client import (
+    SpotlerClient,
+    check_api_url,
+    classify,
+    parse_retry_after,
+)
+from spotler_outbox.worker.spotler.errors import (
     AuthFailed,
-    ConfigurationError,
     Misdirected,
     PartialFailure,
     RateLimited,
     Rejected,
     RetryableError,
 )
-from models.settings import Settings
-from worker.client import SpotlerClient, check_api_url, classify, parse_retry_after
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204])

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from models.settings import Settings
-from worker.cli import build_parser
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.worker.console.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
@@ -55,7 +55,7 @@ def test_every_spotler_outbox_command_parses_with_the_cli_parser(name: str) -> N
                                         if command(s)[:1] == ["celery"]))
 def test_every_celery_command_runs_the_worker_app_as_worker_beat_or_flower(name: str) -> None:
     argv = command(SERVICES[name])
-    assert argv[1:3] == ["-A", "worker"], f"{name}: {argv}"
+    assert argv[1:3] == ["-A", "spotler_outbox.worker"], f"{name}: {argv}"
     assert argv[3] in CELERY_ROLES, f"{name}: {argv[3]!r} is not one of {sorted(CELERY_ROLES)}"
 
 

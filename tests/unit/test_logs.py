@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from models.settings import Settings
-from worker.logs import configure_logging, mask_emails
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.worker.logs import configure_logging, mask_emails
 
 
 def test_email_addresses_are_masked() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 
-from models.settings import Settings
-from worker.retry_policy import RetryPolicy
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.worker.dispatch.retry_policy import RetryPolicy
 
 POLICY = RetryPolicy(base=30, cap=21600, max_attempts=17, max_age=86400, retry_after_cap=3600)
 NOW = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)

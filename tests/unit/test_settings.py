@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from models.errors import ConfigurationError
-from models.settings import Settings, get_settings, reset_settings
+from spotler_outbox.models.errors import ConfigurationError
+from spotler_outbox.models.settings import Settings, get_settings, reset_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_NAMES = sorted(f.metadata["env"] for f in fields(Settings))

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models.errors import InvalidEvent
-from models.validation import MAX_PAYLOAD_BYTES, canonical_json, validate_purchase
+from spotler_outbox.models.errors import InvalidEvent
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.validation import MAX_PAYLOAD_BYTES, canonical_json, validate_purchase
 from tests.conftest import purchase
 from tests.unit.strategies import breakages, valid_purchases
 
@@ -82,7 +83,7 @@ def test_multi_currency_and_multi_language_make_their_fields_required() -> None:
     event = purchase()
     del event["currency"]
     with pytest.raises(InvalidEvent) as refused:
-        validate_purchase(event, multi_currency=True, multi_language=True)
+        validate_purchase(event, Settings(multi_currency=True, multi_language=True))
     assert refused.value.problems == [
         "currency: is required when SPOTLER_MULTI_CURRENCY is on",
         "products[0].language: is required when SPOTLER_MULTI_LANGUAGE is on",
@@ -111,7 +112,7 @@ def test_a_sha256_of_the_email_is_accepted_in_place_of_the_address() -> None:
 def test_email_hashing_stores_the_sha256_of_the_trimmed_lower_cased_address() -> None:
     import hashlib
 
-    result = validate_purchase(purchase(email=" Jane@Example.COM "), hash_email=True)
+    result = validate_purchase(purchase(email=" Jane@Example.COM "), Settings(hash_email=True))
     assert result["email"] == hashlib.sha256(b"jane@example.com").hexdigest()
 
 

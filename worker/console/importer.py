@@ -19,10 +19,10 @@ from typing import Any, TextIO
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from models.enqueue import enqueue_purchase
-from models.errors import ConfigurationError, InvalidEvent
-from models.settings import Settings
-from worker.logs import mask_emails
+from spotler_outbox.models.enqueue import enqueue_purchase
+from spotler_outbox.models.errors import ConfigurationError, InvalidEvent
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.worker.logs import mask_emails
 
 CSV_HELP = """\
 CSV files (.csv) need a header row. Order-level columns are the Purchase field names (email,

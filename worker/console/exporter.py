@@ -15,7 +15,6 @@ import math
 import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -26,11 +25,16 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from models.database import make_engine
-from models.errors import ConfigurationError
-from models.metrics_queries import MetricsSnapshot, read_snapshot
-from models.settings import Settings
-from worker.cli_format import shown_url
+from spotler_outbox.models.clock import utc_now
+from spotler_outbox.models.database import (
+    describe_database_error,
+    make_engine,
+    require_existing_sqlite,
+    shown_url,
+)
+from spotler_outbox.models.errors import ConfigurationError
+from spotler_outbox.models.metrics_queries import MetricsSnapshot, read_snapshot
+from spotler_outbox.models.settings import Settings
 
 log = logging.getLogger("spotler_outbox.metrics")
 
@@ -41,10 +45,6 @@ WINDOW_MINUTES = 5
 # Prometheus gives up on a scrape after 10 s by default; an unreachable host must fail sooner
 # than that, or the scrape threads pile up behind the connection pool.
 CONNECT_TIMEOUT_SECONDS = 5
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -103,7 +103,7 @@ def families(snap: MetricsSnapshot, now: dt.datetime) -> Iterable[Metric]:
 
 
 class OutboxCollector(Collector):
-    def __init__(self, engine: Engine, clock: Callable[[], dt.datetime] = _now) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], dt.datetime] = utc_now) -> None:
         self.engine = engine
         self.clock = clock
 
@@ -116,31 +116,22 @@ class OutboxCollector(Collector):
             with self.engine.begin() as conn:
                 snap = read_snapshot(conn, now)
         except sa.exc.SQLAlchemyError as e:
-            log.warning("cannot read the outbox at %s, exporting spotler_outbox_up 0: %s",
-                        self.engine.url.render_as_string(hide_password=True),
-                        self._detail(e))
+            log.warning("cannot read the outbox, exporting spotler_outbox_up 0: %s",
+                        describe_database_error(e, self.engine.url))
             yield _gauge("spotler_outbox_up", "1 when the outbox database could be read.", 0)
             return
         yield _gauge("spotler_outbox_up", "1 when the outbox database could be read.", 1)
         yield from families(snap, now)
 
-    def _detail(self, e: sa.exc.SQLAlchemyError) -> str:
-        cause = e.orig if isinstance(e, sa.exc.DBAPIError) else e
-        detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        password = self.engine.url.password
-        return detail.replace(str(password), "***") if password else detail
-
 
 def exporter_engine(url: str) -> Engine:
     engine = make_engine(url)
-    path = engine.url.database or ""
     if engine.dialect.name == "sqlite":
-        # Connecting would create an empty file and report its missing tables for ever.
-        if path not in ("", ":memory:") and not path.startswith("file:") \
-                and not Path(path).exists():
+        try:
+            require_existing_sqlite(engine)
+        except ConfigurationError:
             engine.dispose()
-            raise ConfigurationError(f"no SQLite outbox at {path}; point OUTBOX_DATABASE_URL "
-                                     "at it")
+            raise
         return engine
 
     @event.listens_for(engine, "do_connect")

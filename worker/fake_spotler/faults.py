@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.errors import InvalidEvent
-from models.validation import validate_purchase
+from spotler_outbox.models.errors import InvalidEvent
+from spotler_outbox.models.validation import validate_purchase
 
 _RATES = ("error_rate", "timeout_rate")
 _DURATIONS = ("latency_ms", "timeout_seconds", "rate_limit_seconds")

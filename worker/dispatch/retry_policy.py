@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from models.settings import Settings
+from spotler_outbox.models.claims import ClaimedRow, ScheduledRetry
+from spotler_outbox.models.settings import Settings
 
 Jitter = Callable[[], float]
 
@@ -53,6 +54,27 @@ class RetryPolicy:
         if (at - since).total_seconds() > self.max_age:
             return None
         return at
+
+    def hold_seconds(self, retry_after: float | None, jitter: Jitter = random.random) -> float:
+        """How long a 429 stops every worker: its Retry-After, or a first backoff step."""
+        honoured = self.bounded_retry_after(retry_after)
+        return self.delay(1, jitter) + 1.0 if honoured is None else honoured
+
+    def plan_retries(
+        self, rows: Sequence[ClaimedRow], *, now: dt.datetime, retry_after: float | None,
+        jitter: Jitter = random.random,
+    ) -> tuple[list[ScheduledRetry], list[int]]:
+        """Each row's next attempt, and the ids of the rows out of attempts or age."""
+        retries: list[ScheduledRetry] = []
+        exhausted: list[int] = []
+        for row in rows:
+            at = self.next_attempt(attempts=row.attempts, since=row.retry_window_start, now=now,
+                                   retry_after=retry_after, jitter=jitter)
+            if at is None:
+                exhausted.append(row.id)
+            else:
+                retries.append(ScheduledRetry(row.id, at))
+        return retries, exhausted
 
     def worst_case_schedule(self) -> float:
         """Seconds from the first to the last attempt if every jitter draw were 1."""

@@ -1,4 +1,4 @@
-"""The Spotler Activate HTTP client: the only module that imports requests.
+"""The Spotler Activate HTTP client: the only production module that speaks HTTP.
 
 Every outcome of a request is mapped to one class in `classify`, in one place.
 """
@@ -16,20 +16,20 @@ from urllib.parse import urlsplit
 
 import requests
 
-from models.errors import (
+from spotler_outbox.models.errors import ConfigurationError
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.validation import canonical_json
+from spotler_outbox.models.version import installed_version
+from spotler_outbox.worker.spotler.errors import (
     AuthFailed,
-    ConfigurationError,
     Misdirected,
     PartialFailure,
     RateLimited,
     Rejected,
     RetryableError,
 )
-from models.settings import Settings
-from models.validation import canonical_json
 
-VERSION = "0.1.0"
-USER_AGENT = f"spotler-outbox/{VERSION} (+back-end Purchase events)"
+USER_AGENT = f"spotler-outbox/{installed_version()} (+back-end Purchase events)"
 EXCERPT_LIMIT = 500
 
 

@@ -8,20 +8,10 @@ import re
 import sys
 from collections.abc import Sequence
 
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-
-from models.errors import ConfigurationError, UsageError
-from worker.logs import mask_emails
+from spotler_outbox.models.errors import ConfigurationError, UsageError
+from spotler_outbox.worker.logs import mask_emails
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def shown_url(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<unparsable URL>"
 
 
 def parse_duration(text: str) -> dt.timedelta:

@@ -23,14 +23,20 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from models import operations, schema
-from models.database import make_engine
-from models.errors import ConfigurationError
-from models.settings import Settings
-from models.tables import Status
-from worker.fake_api import RunningFakeApi, start_fake_api
-from worker.importer import ImportReport, ProgressBar, Record, enqueue_records
-from worker.logs import mask_emails
+from spotler_outbox import migrations
+from spotler_outbox.models import operations
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.errors import ConfigurationError
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.tables import Status
+from spotler_outbox.worker.console.importer import (
+    ImportReport,
+    ProgressBar,
+    Record,
+    enqueue_records,
+)
+from spotler_outbox.worker.fake_spotler.server import RunningFakeApi, start_fake_api
+from spotler_outbox.worker.logs import mask_emails
 
 ACCOUNT = "demo-account"
 SWEEP_SECONDS = 0.5
@@ -97,10 +103,10 @@ def worker_environment(settings: Settings) -> dict[str, str]:
 
 @contextmanager
 def running_worker(settings: Settings, paths: DemoPaths) -> Iterator[subprocess.Popen[bytes]]:
-    command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "solo",
-               "--beat", "--schedule", str(paths.directory / "beat-schedule"), "--loglevel",
-               "INFO", "--hostname", "demo@%h", "--without-gossip", "--without-mingle",
-               "--without-heartbeat"]
+    command = [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "worker",
+               "--pool", "solo", "--beat", "--schedule", str(paths.directory / "beat-schedule"),
+               "--loglevel", "INFO", "--hostname", "demo@%h", "--without-gossip",
+               "--without-mingle", "--without-heartbeat"]
     with paths.log.open("wb") as log:
         # A session of its own: a Ctrl-C meant for the demo must not reach the worker mid-batch;
         # the demo stops it itself, with a warm shutdown, in stop_worker.
@@ -214,7 +220,7 @@ def run_demo(*, orders: int = 500, directory: Path = Path("demo-run"),
     paths = DemoPaths(directory.resolve())
     reset_directory(paths.directory)
     print(f"Demo in {paths.directory} (its outbox and broker are SQLite files; no server needed)")
-    schema.upgrade(paths.database_url)
+    migrations.upgrade(paths.database_url)
     print(f"  outbox migrated:   {paths.database_url}")
     api_key = secrets.token_urlsafe(24)  # never shown; only the worker's environment has it
     with start_fake_api(account=ACCOUNT, api_key=api_key) as fake:

@@ -26,7 +26,13 @@ from types import TracebackType
 from typing import Any, NamedTuple, cast
 from urllib.parse import parse_qs
 
-from worker.fake_api_faults import ActiveFaults, Faults, Reply, parse_track_body, validate_batch
+from spotler_outbox.worker.fake_spotler.faults import (
+    ActiveFaults,
+    Faults,
+    Reply,
+    parse_track_body,
+    validate_batch,
+)
 
 __all__ = ["FakeSpotler", "Faults", "Reply", "RunningFakeApi", "run_fake_api", "start_fake_api"]
 

@@ -1,0 +1,234 @@
+"""Every SQL statement a worker runs on the outbox rows it claims.
+
+All functions take a Connection inside a transaction the caller owns, and `now` from the
+caller, so that one clock decides what is due. Claimed rows carry a claim token: a worker
+whose lease expired cannot change a row that another worker has claimed since.
+
+The hot path's statements are built once, with bind parameters: building and cache-keying a
+statement per call cost more CPU than executing it (benchmarks/, py-spy).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import sqlalchemy as sa
+
+from spotler_outbox.models.tables import Status, attempt_events, attempts_table, due, events
+
+
+@dataclass(frozen=True)
+class ClaimedRow:
+    id: int
+    orderid: str
+    payload: str
+    attempts: int  # including the one this claim starts
+    retry_window_start: dt.datetime  # created, or re-queued by an operator
+
+
+@dataclass(frozen=True)
+class ScheduledRetry:
+    id: int
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    started_at: dt.datetime
+    duration_ms: int
+    event_count: int
+    http_status: int | None
+    outcome: str
+    error_class: str | None
+    response_excerpt: str | None
+    worker: str | None
+
+
+# The one spelling of "rows this claim still holds": in flight under our token. A row whose
+# lease ran out and that another worker claimed since carries that worker's token.
+_CLAIMED_BY_US = sa.and_(events.c.claim_token == sa.bindparam("token"),
+                         events.c.status == Status.IN_FLIGHT.value)
+_ONE_ROW = events.c.id == sa.bindparam("row_id")
+_SOME_ROWS = events.c.id.in_(sa.bindparam("ids", expanding=True))
+_UNCLAIMED = {"claim_token": None, "lease_expires_at": None}
+
+
+def claim_due(
+    conn: sa.Connection, *, limit: int, token: str, now: dt.datetime, lease_until: dt.datetime
+) -> list[ClaimedRow]:
+    """Claim up to `limit` due rows: in flight with an expired lease first, then pending.
+
+    One status per statement, so each reads the (status, next_attempt_at) index in order and
+    stops at `limit`: with `status IN (...)` every dialect sorts the whole due set, and InnoDB
+    would lock all of it, leaving concurrent claimers nothing.
+    """
+    claimed: list[ClaimedRow] = []
+    for status in (Status.IN_FLIGHT.value, Status.PENDING.value):
+        claimed += _claim(conn, status, limit - len(claimed), token, now, lease_until)
+        if len(claimed) >= limit:
+            break
+    return claimed
+
+
+def _claim(
+    conn: sa.Connection, status: str, limit: int, token: str, now: dt.datetime,
+    lease_until: dt.datetime,
+) -> list[ClaimedRow]:
+    params = {"from_status": status, "n": limit, "token": token, "now": now,
+              "until": lease_until}
+    if conn.dialect.name in ("mysql", "mariadb"):
+        # MariaDB has no UPDATE ... RETURNING: lock the rows, then update them by id.
+        pick, update = _claim_statements_mariadb()
+        locked = conn.execute(pick, params).all()
+        if not locked:
+            return []
+        conn.execute(update, {**params, "ids": [r.id for r in locked]})
+        return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts + 1, r.since) for r in locked]
+    rows = conn.execute(_claim_statement(), params).all()
+    return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts, r.since) for r in rows]
+
+
+_CLAIMED_COLUMNS = (events.c.id, events.c.orderid, events.c.payload, events.c.attempts,
+                    sa.func.coalesce(events.c.requeued_at, events.c.created_at).label("since"))
+# While in flight, next_attempt_at is the lease expiry: one index serves "due" and "expired".
+_CLAIM_VALUES = {
+    "status": Status.IN_FLIGHT.value,
+    "claim_token": sa.bindparam("token"),
+    "lease_expires_at": sa.bindparam("until"),
+    "next_attempt_at": sa.bindparam("until"),
+    "attempts": events.c.attempts + 1,
+    "updated_at": sa.bindparam("now"),
+}
+
+
+def _pick(*columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    return (
+        sa.select(*columns)
+        .where(events.c.status == sa.bindparam("from_status"),
+               events.c.next_attempt_at <= sa.bindparam("now"))
+        .order_by(events.c.next_attempt_at)
+        .limit(sa.bindparam("n"))
+        .with_for_update(skip_locked=True)
+    )
+
+
+@cache
+def _claim_statement() -> sa.Executable:
+    return (events.update()
+            .where(events.c.id.in_(_pick(events.c.id).scalar_subquery()))
+            .values(_CLAIM_VALUES).returning(*_CLAIMED_COLUMNS))
+
+
+@cache
+def _claim_statements_mariadb() -> tuple[sa.Executable, sa.Executable]:
+    return _pick(*_CLAIMED_COLUMNS), events.update().where(_SOME_ROWS).values(_CLAIM_VALUES)
+
+
+_RENEW = events.update().where(_CLAIMED_BY_US).values(
+    lease_expires_at=sa.bindparam("until"), next_attempt_at=sa.bindparam("until"),
+    updated_at=sa.bindparam("now"))
+
+
+def renew(conn: sa.Connection, *, token: str, now: dt.datetime, lease_until: dt.datetime) -> int:
+    """Extend the lease of every row the claim still holds; returns how many that is."""
+    return int(conn.execute(_RENEW, {"token": token, "now": now, "until": lease_until}).rowcount)
+
+
+_HANDED_BACK = {"status": Status.PENDING.value, "next_attempt_at": sa.bindparam("not_before"),
+                "attempts": events.c.attempts - 1, "updated_at": sa.bindparam("now"),
+                "last_error": sa.bindparam("note"), **_UNCLAIMED}
+_RELEASE_ALL = events.update().where(_CLAIMED_BY_US).values(_HANDED_BACK)
+_RELEASE_SOME = events.update().where(_SOME_ROWS, _CLAIMED_BY_US).values(_HANDED_BACK)
+
+
+def release(
+    conn: sa.Connection, *, token: str, now: dt.datetime, note: str,
+    not_before: dt.datetime | None = None, ids: Sequence[int] | None = None,
+) -> int:
+    """Hand rows back without counting an attempt: `ids`, or every row the claim still holds.
+
+    They are due again at `not_before` (default: now). Returns how many were handed back.
+    """
+    params: dict[str, Any] = {"token": token, "now": now, "note": note,
+                              "not_before": now if not_before is None else not_before}
+    if ids is None:
+        return int(conn.execute(_RELEASE_ALL, params).rowcount)
+    if not ids:
+        return 0
+    return int(conn.execute(_RELEASE_SOME, {**params, "ids": list(ids)}).rowcount)
+
+
+_MARK_DELIVERED = events.update().where(_SOME_ROWS, _CLAIMED_BY_US).values(
+    status=Status.DELIVERED.value, delivered_at=sa.bindparam("now"),
+    updated_at=sa.bindparam("now"), last_error=None,
+    last_http_status=sa.bindparam("http_status"), **_UNCLAIMED)
+
+
+def mark_delivered(
+    conn: sa.Connection, ids: Sequence[int], *, token: str, now: dt.datetime,
+    http_status: int | None,
+) -> int:
+    """Returns how many rows were marked: fewer than `ids` when part of the claim was lost."""
+    return int(conn.execute(_MARK_DELIVERED, {"ids": list(ids), "token": token, "now": now,
+                                              "http_status": http_status}).rowcount)
+
+
+_SCHEDULE_RETRY = events.update().where(_ONE_ROW, _CLAIMED_BY_US).values(
+    status=Status.PENDING.value, next_attempt_at=sa.bindparam("at"),
+    last_error=sa.bindparam("error"), last_http_status=sa.bindparam("http_status"),
+    updated_at=sa.bindparam("now"), **_UNCLAIMED)
+
+
+def schedule_retries(
+    conn: sa.Connection, retries: Sequence[ScheduledRetry], *, token: str, now: dt.datetime,
+    error: str, http_status: int | None,
+) -> None:
+    if retries:
+        conn.execute(_SCHEDULE_RETRY, [
+            {"row_id": r.id, "at": r.at, "token": token, "now": now, "error": error,
+             "http_status": http_status} for r in retries])
+
+
+_PARK = events.update().where(_ONE_ROW, _CLAIMED_BY_US).values(
+    status=Status.FAILED.value, last_error=sa.bindparam("reason"),
+    last_http_status=sa.bindparam("http_status"), updated_at=sa.bindparam("now"),
+    **_UNCLAIMED)
+
+
+def park(
+    conn: sa.Connection, reasons: Sequence[tuple[int, str]], *, token: str, now: dt.datetime,
+    http_status: int | None = None,
+) -> None:
+    """Park rows as failed, each with its own reason: they stay until an operator acts."""
+    if reasons:
+        conn.execute(_PARK, [
+            {"row_id": row_id, "reason": reason, "token": token, "now": now,
+             "http_status": http_status} for row_id, reason in reasons])
+
+
+_INSERT_ATTEMPT = attempts_table.insert().returning(attempts_table.c.id)
+_INSERT_ATTEMPT_EVENT = attempt_events.insert()
+
+
+def record_attempt(
+    conn: sa.Connection, record: AttemptRecord, rows: Sequence[ClaimedRow]
+) -> int:
+    attempt_id = conn.execute(_INSERT_ATTEMPT, {
+        "started_at": record.started_at, "duration_ms": record.duration_ms,
+        "event_count": record.event_count, "http_status": record.http_status,
+        "outcome": record.outcome, "error_class": record.error_class,
+        "response_excerpt": record.response_excerpt, "worker": record.worker,
+    }).scalar_one()
+    conn.execute(_INSERT_ATTEMPT_EVENT, [
+        {"attempt_id": attempt_id, "outbox_event_id": r.id, "attempt_number": r.attempts}
+        for r in rows
+    ])
+    return int(attempt_id)
+
+
+def any_due(conn: sa.Connection, now: dt.datetime) -> bool:
+    return conn.execute(sa.select(events.c.id).where(due(now)).limit(1)).first() is not None

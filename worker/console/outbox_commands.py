@@ -1,0 +1,187 @@
+"""The console commands that read and change outbox rows: status, list, show, retry, resend,
+purge. Each takes the parsed arguments and the settings and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.engine import Engine
+
+from spotler_outbox.models import operations as ops
+from spotler_outbox.models.clock import utc_now
+from spotler_outbox.models.database import make_engine, require_existing_sqlite, shown_url
+from spotler_outbox.models.errors import OutboxError, UsageError
+from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.tables import DUE_STATUSES, Status
+from spotler_outbox.worker.console.format import (
+    ago,
+    confirm,
+    human_age,
+    parse_cutoff,
+    short,
+    stamp,
+    table,
+)
+from spotler_outbox.worker.logs import mask_emails
+
+OK, PROBLEMS = 0, 1
+
+
+@contextmanager
+def outbox(settings: Settings, *, must_exist: bool = True) -> Iterator[Engine]:
+    """An engine on the configured outbox, disposed on the way out."""
+    engine = make_engine(settings.database_url)
+    try:
+        if must_exist:
+            require_existing_sqlite(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    now = utc_now()
+    with outbox(settings) as engine, engine.begin() as conn:
+        s = ops.status_summary(conn, now)
+    c = s.control
+    oldest_age = (now - s.oldest_due_created_at).total_seconds() if s.oldest_due_created_at \
+        else None
+    held = c.not_before if c.not_before and c.not_before > now else None
+    if args.json:
+        def iso(v: dt.datetime | None) -> str | None:
+            return v.isoformat() if v else None
+        print(json.dumps({
+            "counts": s.counts, "total": sum(s.counts.values()),
+            "oldest_due_orderid": s.oldest_due_orderid,
+            "oldest_due_created_at": iso(s.oldest_due_created_at),
+            "oldest_due_age_seconds": oldest_age,
+            "last_delivered_at": iso(s.last_delivered_at),
+            "deliveries_per_minute_5m": round(s.deliveries_per_minute(), 2),
+            "paused": c.paused, "paused_reason": mask_emails(c.paused_reason or "") or None,
+            "paused_since": iso(c.paused_since), "rate_limited_until": iso(held),
+        }, indent=2))
+        return OK
+    print(f"Outbox {shown_url(settings.database_url)}")
+    for status, count in s.counts.items():
+        print(f"  {status:<10} {count:>9}")
+    oldest = "none" if oldest_age is None else \
+        f"{human_age(oldest_age)} old (orderid {s.oldest_due_orderid})"
+    dispatch = "running" if not c.paused else \
+        f"PAUSED since {stamp(c.paused_since)}: {mask_emails(c.paused_reason or '')}"
+    print(f"Oldest due row:      {oldest}")
+    print(f"Last delivery:       {ago(s.last_delivered_at, now)}")
+    print(f"Deliveries/minute:   {s.deliveries_per_minute():.1f} (last 5 minutes)")
+    print(f"Dispatch:            {dispatch}")
+    print(f"Rate-limit hold:     {'none' if held is None else 'until ' + ago(held, now)}")
+    return OK
+
+
+def _next_attempt(row: ops.EventRow, now: dt.datetime) -> str:
+    if row.status not in DUE_STATUSES:
+        return "-"
+    left = (row.next_attempt_at - now).total_seconds()
+    if row.status == Status.IN_FLIGHT:
+        return f"lease {human_age(left)}" if left > 0 else "lease expired"
+    return "due now" if left <= 0 else f"in {human_age(left)}"
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    now = utc_now()
+    cutoff = now - args.older_than if args.older_than else None
+    with outbox(settings) as engine, engine.begin() as conn:
+        rows, total = ops.list_events(conn, status=args.status, created_before=cutoff,
+                                      orderid=args.orderid, limit=args.limit)
+    if not rows:
+        print("no matching orders")
+        return OK
+    print(table(("ID", "ORDERID", "STATUS", "ATTEMPTS", "NEXT ATTEMPT", "HTTP", "LAST ERROR"), [
+        (str(r.id), r.orderid, r.status, str(r.attempts), _next_attempt(r, now),
+         str(r.last_http_status or "-"), short(r.last_error, 60)) for r in rows]))
+    if total > len(rows):
+        print(f"(showing {len(rows)} of {total} matching orders; raise --limit to see more)")
+    return OK
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    now = utc_now()
+    with outbox(settings) as engine, engine.begin() as conn:
+        row = ops.get_event(conn, args.orderid)
+        attempts = ops.attempts_for(conn, row.id)
+    try:
+        payload = json.dumps(json.loads(row.payload), indent=2, ensure_ascii=False)
+    except ValueError:
+        payload = row.payload  # a malformed row is shown as stored: that is the thing to see
+    print(f"Order {row.orderid} (outbox id {row.id})")
+    for label, value in (
+        ("status", row.status), ("attempts", str(row.attempts)), ("resends", str(row.resends)),
+        ("created", ago(row.created_at, now)), ("updated", ago(row.updated_at, now)),
+        ("next attempt", _next_attempt(row, now)), ("delivered", ago(row.delivered_at, now)),
+        ("last HTTP", str(row.last_http_status or "-")),
+        ("last error", mask_emails(row.last_error or "-")),
+    ):
+        print(f"  {label:<13} {value}")
+    print("Payload:")
+    print(mask_emails(payload))
+    print(f"Attempts ({len(attempts)}):")
+    if attempts:
+        print(table(("  TIME", "#", "BATCH", "HTTP", "OUTCOME", "DURATION", "RESPONSE"), [
+            ("  " + stamp(a.started_at), str(a.attempt_number), str(a.event_count),
+             str(a.http_status or "-"), a.outcome, f"{a.duration_ms} ms",
+             short(a.response_excerpt, 70)) for a in attempts]))
+    return OK
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    if bool(args.orderid) == bool(args.all_failed):
+        raise UsageError("give one ORDERID or --all-failed")
+    with outbox(settings) as engine:
+        if args.orderid:
+            with engine.begin() as conn:
+                ops.retry_failed(conn, args.orderid, now=utc_now())
+            print(f"order {args.orderid} is pending again and due now (attempts reset to 0)")
+            return OK
+        with engine.begin() as conn:
+            count = ops.count_status(conn, Status.FAILED)
+        if not count:
+            print("no failed orders to retry")
+            return OK
+        if not confirm(f"Retry all {count} failed orders now?", args.yes):
+            print("nothing changed")
+            return PROBLEMS
+        with engine.begin() as conn:
+            changed = ops.retry_all_failed(conn, now=utc_now())
+    print(f"{changed} failed orders are pending again and due now (attempts reset to 0)")
+    return OK
+
+
+def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
+    with outbox(settings) as engine:
+        with engine.begin() as conn:
+            row = ops.get_event(conn, args.orderid)
+        if row.status != Status.DELIVERED:
+            raise OutboxError(f"order {row.orderid!r} is {row.status}, not delivered; only "
+                              "delivered orders can be resent")
+        if not confirm(f"Send order {row.orderid} to Spotler again?", args.yes):
+            print("nothing changed")
+            return PROBLEMS
+        now = utc_now()
+        note = f"re-send requested by operator at {now.isoformat(timespec='seconds')}"
+        with engine.begin() as conn:
+            row = ops.resend_delivered(conn, args.orderid, now=now, note=note)
+    print(f"order {row.orderid} will be sent again (resend {row.resends}); it is due now")
+    return OK
+
+
+def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
+    before = parse_cutoff(args.delivered_before, utc_now())
+    with outbox(settings) as engine:
+        purged, attempts = ops.purge(engine, delivered_before=before)
+    print(f"purged {purged} orders delivered before {stamp(before)} and {attempts} delivery "
+          "attempts no order refers to any more")
+    return OK
+
+
