@@ -119,7 +119,8 @@ def fake_received(url: str) -> int:
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str, concurrency: int,
                  pool: str = "prefork") -> Managed:
-    command = [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "worker", "--loglevel=INFO",
+    command = [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "worker",
+               "--loglevel=INFO",
                f"--hostname={name}@%h", f"--pool={pool}", f"--concurrency={concurrency}",
                "--without-mingle", "--without-gossip"]
     proc = Managed(name, command, env, log_dir)
@@ -136,7 +137,8 @@ def start_worker(env: dict[str, str], log_dir: Path, name: str, concurrency: int
 
 def start_beat(env: dict[str, str], log_dir: Path, name: str = "beat") -> Managed:
     # A separate beat, as in production: the worker's RSS is then only the main + pool children.
-    command = [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "beat", "--loglevel=WARNING",
+    command = [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "beat",
+               "--loglevel=WARNING",
                f"--schedule={log_dir / 'beat-schedule'}"]
     return Managed(name, command, env, log_dir)
 

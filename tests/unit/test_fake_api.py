@@ -376,7 +376,8 @@ def test_a_stopped_fake_refuses_even_an_open_keep_alive_connection(
 
 
 def test_run_fake_api_serves_in_the_foreground_until_sigterm() -> None:
-    code = "from spotler_outbox.worker.fake_spotler.server import run_fake_api; run_fake_api('127.0.0.1', 0)"
+    code = ("from spotler_outbox.worker.fake_spotler.server import run_fake_api; "
+            "run_fake_api('127.0.0.1', 0)")
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
