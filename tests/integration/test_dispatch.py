@@ -290,3 +290,28 @@ def test_an_unexpected_error_mid_claim_hands_every_row_back_without_an_attempt(
         assert row(engine, orderid).status == Status.PENDING
         assert row(engine, orderid).attempts == 0
         assert row(engine, orderid).claim_token is None
+
+
+def test_a_redirect_on_track_pauses_dispatch_parks_nothing_and_everything_goes_once_it_stops(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=8)
+    seed(engine, [f"RD-{i}" for i in range(8)], dispatcher.settings)
+    api.state.set_faults(Faults(redirect_status=308))  # verifyAuth still answers 200
+    report = dispatcher.run()
+    assert report.paused and report.failed == 0 and report.requests == 1
+    assert set(statuses(engine).values()) == {Status.PENDING}
+    assert row(engine, "RD-0").attempts == 0
+    assert "308" in (row(engine, "RD-0").last_error or "")
+    time.sleep(0.25)
+    # verifyAuth accepts the key, so the recheck resumes; the next request tells again.
+    assert dispatcher.recheck_credentials() is True
+    assert dispatcher.run().paused
+    assert set(statuses(engine).values()) == {Status.PENDING}
+    api.state.set_faults(Faults())
+    time.sleep(0.25)
+    assert dispatcher.recheck_credentials() is True
+    drain(dispatcher)
+    assert set(statuses(engine).values()) == {Status.DELIVERED}
+    assert api.state.received()["orderids"] == {f"RD-{i}": 1 for i in range(8)}
+    assert [r["status"] for r in api.state.request_log()] == [308, 308, 200]
