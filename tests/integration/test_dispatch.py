@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 
@@ -315,3 +316,40 @@ def test_a_redirect_on_track_pauses_dispatch_parks_nothing_and_everything_goes_o
     assert set(statuses(engine).values()) == {Status.DELIVERED}
     assert api.state.received()["orderids"] == {f"RD-{i}": 1 for i in range(8)}
     assert [r["status"] for r in api.state.request_log()] == [308, 308, 200]
+
+
+def test_a_trickling_answer_is_cut_at_the_deadline_so_no_other_claim_sends_the_rows_twice(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    # The lease (7 s) just covers connect + read + margin; the answer would take 12 s, a
+    # byte every ~0.2 s, so no single read ever times out.
+    timing = {"batch_size": 5, "lease_seconds": 7.0, "connect_timeout": 0.5,
+              "read_timeout": 1.0}
+    first = make_dispatcher(database_url, api, **timing)
+    second = make_dispatcher(database_url, api, **timing)
+    seed(engine, [f"TR-{i}" for i in range(5)], first.settings)
+    api.state.set_faults(Faults(trickle_next=1, trickle_seconds=12.0))
+    outcome: dict[str, object] = {}
+    slow = threading.Thread(target=lambda: outcome.update(report=first.run_once()))
+    started = time.monotonic()
+    slow.start()
+    # The other worker keeps claiming whatever is due, as a busy outbox would.
+    while time.monotonic() - started < 14 and not all(
+            s == Status.DELIVERED for s in statuses(engine).values()):
+        second.run_once()
+        time.sleep(0.2)
+    slow.join(20)
+    drain(second)
+    trickled = [r for r in api.state.request_log() if r.get("trickled")]
+    assert len(trickled) == 1
+    wait_for_end = time.monotonic() + 15
+    while trickled[0]["ended"] is None and time.monotonic() < wait_for_end:
+        time.sleep(0.2)
+        trickled = [r for r in api.state.request_log() if r.get("trickled")]
+    assert trickled[0]["completed"] is False  # the client hung up before the last byte
+    assert trickled[0]["ended"] - trickled[0]["at"] < timing["lease_seconds"]
+    assert api.state.received()["orderids"] == {f"TR-{i}": 1 for i in range(5)}
+    assert set(statuses(engine).values()) == {Status.DELIVERED}
+    with engine.connect() as conn:
+        errors = [r.outcome for r in conn.execute(sa.select(DeliveryAttempt))]
+    assert errors.count("retryable") == 1

@@ -132,3 +132,25 @@ def test_a_redirect_is_never_followed_and_pauses_instead_of_counting_as_delivere
     finally:
         server.shutdown()
     assert seen == ["/v1/track"]
+
+
+def test_a_trickling_answer_is_cut_at_connect_plus_read_timeout_though_no_read_times_out(
+) -> None:
+    from spotler_outbox.worker.fake_spotler.server import Faults, start_fake_api
+
+    settings = Settings(account="a", api_key="k", connect_timeout=0.5, read_timeout=1.0)
+    event = {"event": "Purchase", "email": "a@example.com", "orderid": "1",
+             "products": [{"id": "S", "quantity": 1}]}
+    # A byte every ~0.1 s for 6 s: each read is answered well within the 1 s read timeout.
+    with start_fake_api(account="a", api_key="k",
+                        faults=Faults(trickle_next=1, trickle_seconds=6.0)) as api:
+        client = SpotlerClient(settings.with_overrides(api_url=api.url))
+        started = time.monotonic()
+        with pytest.raises(RetryableError, match=r"no full answer within 1\.5s"):
+            client.track([event])
+        took = time.monotonic() - started
+        assert client.track([event]).http_status == 200  # the next request is unaffected
+        time.sleep(0.5)
+        log = api.state.request_log()
+    assert 1.5 <= took < 3.0  # cut at the deadline, not after the 6 s the answer takes
+    assert log[0]["completed"] is False and log[0]["ended"] - log[0]["at"] < 3.0
