@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from spotler_outbox.models import claims
+from spotler_outbox.models.database import make_engine
 from spotler_outbox.models.tables import DeliveryAttempt, Status
 from spotler_outbox.worker.dispatch import Dispatcher
+from spotler_outbox.worker.dispatch.context import DispatchReport
 from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi, start_fake_api
 from spotler_outbox.worker.spotler.client import SpotlerClient
 from tests.conftest import purchase
@@ -168,18 +171,38 @@ def test_a_429_holds_every_request_until_retry_after_has_passed(
     assert log[1]["at"] - log[0]["at"] >= 0.95
 
 
-def test_a_partial_answer_is_not_recorded_as_delivered_and_falls_back_to_smaller_batches(
+def test_a_partial_answer_is_not_recorded_as_delivered_and_each_event_goes_once_more_alone(
     database_url: str, engine: Engine, api: RunningFakeApi
 ) -> None:
     dispatcher = make_dispatcher(database_url, api, batch_size=4)
     seed(engine, ["Q-1", "Q-2", "Q-3", "Q-4"], dispatcher.settings)
-    api.state.set_faults(Faults(accept_fewer=True))
+    api.state.set_faults(Faults(accept_fewer=True))  # takes all but the last of the four
     dispatcher.run()
     assert set(statuses(engine).values()) == {Status.DELIVERED}
+    # Each alone, never halves (4, 2, 2, ...): an event Spotler took is repeated at most once.
+    assert [r["events"] for r in api.state.request_log()] == [4, 1, 1, 1, 1]
+    # The three taken the first time are repeated once (Spotler merges them on orderid).
+    assert sorted(api.state.received()["orderids"].values()) == [1, 2, 2, 2]
     with engine.connect() as conn:
         outcomes = [r.outcome for r in conn.execute(
             sa.select(DeliveryAttempt).order_by(DeliveryAttempt.id))]
-    assert outcomes[0] == "partial" and outcomes.count("delivered") >= 1
+    assert outcomes == ["partial", "delivered", "delivered", "delivered", "delivered"]
+
+
+def test_a_partial_answer_to_a_one_event_request_parks_that_event_with_the_reason(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=3)
+    seed(engine, ["Q1-1", "Q1-2", "Q1-3"], dispatcher.settings)
+    api.state.set_faults(Faults(partial_orderids=["Q1-2"]))
+    dispatcher.run()
+    result = statuses(engine)
+    assert result.pop("Q1-2") == Status.FAILED
+    assert set(result.values()) == {Status.DELIVERED}
+    parked = row(engine, "Q1-2")
+    assert "reported errors" in parked.last_error and parked.attempts == 1
+    assert [r["events"] for r in api.state.request_log()] == [3, 1, 1, 1]
+    assert "Q1-2" not in api.state.received()["orderids"]
 
 
 @pytest.mark.parametrize("payload, reason", [
@@ -260,19 +283,40 @@ def test_a_403_on_one_payload_while_the_key_works_parks_that_event_instead_of_pa
     assert "verifyAuth accepts the credentials" in row(engine, "W-3").last_error
 
 
-def test_a_claim_that_outlasts_its_lease_renews_it_for_every_row_still_held(
+def fast_clock(speed: float) -> Callable[[], dt.datetime]:
+    """A clock running `speed` times faster than the wall's: leases run out in test time."""
+    start, t0 = dt.datetime.now(dt.UTC), time.monotonic()
+    return lambda: start + dt.timedelta(seconds=(time.monotonic() - t0) * speed)
+
+
+def test_a_claim_that_outlasts_its_lease_renews_it_so_no_other_worker_can_take_its_rows(
     database_url: str, engine: Engine, api: RunningFakeApi
 ) -> None:
-    # lease 7 s = connect + read + margin: every request of the split renews the whole claim.
-    dispatcher = make_dispatcher(database_url, api, batch_size=8, lease_seconds=7.0,
+    # Both workers read a clock 4x the wall's: the 7 s lease lasts 1.75 s of wall time, while
+    # halving down to the bad event takes 7 requests of 0.4 s. Only renewal keeps the rows.
+    settings = delivery_settings(database_url, api.url, batch_size=8, lease_seconds=7.0,
                                  connect_timeout=0.5, read_timeout=1.5)
-    seed(engine, [f"N-{i}" for i in range(8)], dispatcher.settings)
-    api.state.set_faults(Faults(reject_orderids=["N-5"]))
-    report = dispatcher.run()
-    assert report.lost_claims == 0 and report.requests > 3
-    result = statuses(engine)
-    assert result.pop("N-5") == Status.FAILED
-    assert set(result.values()) == {Status.DELIVERED}
+    clock = fast_clock(4.0)
+    holder, other = (Dispatcher(make_engine(database_url), SpotlerClient(settings), settings,
+                                worker_name=name, clock=clock) for name in ("holder", "other"))
+    seed(engine, [f"N-{i}" for i in range(8)], settings)
+    api.state.set_faults(Faults(reject_orderids=["N-5"], latency_ms=400))
+    result: dict[str, DispatchReport] = {}
+    running = threading.Thread(target=lambda: result.update(holder=holder.run_once()))
+    running.start()
+    while running.is_alive() and not api.state.request_log():
+        time.sleep(0.01)  # the holder has claimed every row and sent its first request
+    taken_by_other = 0
+    while running.is_alive():
+        taken_by_other += other.run_once().claimed
+        time.sleep(0.05)
+    running.join()
+    assert taken_by_other == 0
+    assert result["holder"].lost_claims == 0 and result["holder"].requests >= 7
+    result_statuses = statuses(engine)
+    assert result_statuses.pop("N-5") == Status.FAILED
+    assert set(result_statuses.values()) == {Status.DELIVERED}
+    assert all(n == 1 for n in api.state.received()["orderids"].values())
 
 
 def test_an_unexpected_error_mid_claim_hands_every_row_back_without_an_attempt(

@@ -53,6 +53,9 @@ class Faults:
     # 403 plays a WAF or proxy that refuses one payload while the credentials are fine.
     reject_status: int = 400
     accept_fewer: bool = False
+    # Events with these orderids are left out of an otherwise accepted request: 200 with a
+    # count short by them and an error each, a partial answer, also for a one-event request.
+    partial_orderids: list[str] = field(default_factory=list)
     # The next `trickle_next` accepted requests get their headers at once, then the body a byte
     # at a time over `trickle_seconds`: a stalled proxy that no per-read timeout ever trips.
     # Their events count as taken only once the last byte is written: a client that hung up
@@ -85,13 +88,14 @@ class Faults:
                              f"got {self.reject_status!r}")
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError(f"fault seed: must be a whole number or null, got {self.seed!r}")
-        orderids: Any = self.reject_orderids
-        if not isinstance(orderids, list | tuple) or not all(
-            isinstance(o, str) or _is_int(o) for o in orderids
-        ):
-            raise ValueError(f"fault reject_orderids: must be a list of orderids, got {orderids!r}")
-        # Orderids may arrive as JSON numbers; Spotler (and the validator) read them as strings.
-        self.reject_orderids = [str(o) for o in orderids]
+        for name in ("reject_orderids", "partial_orderids"):
+            orderids: Any = getattr(self, name)
+            if not isinstance(orderids, list | tuple) or not all(
+                isinstance(o, str) or _is_int(o) for o in orderids
+            ):
+                raise ValueError(f"fault {name}: must be a list of orderids, got {orderids!r}")
+            # Orderids may arrive as JSON numbers; Spotler reads them as strings.
+            setattr(self, name, [str(o) for o in orderids])
 
     def _number(self, name: str, *, upper: float | None) -> None:
         value = getattr(self, name)
@@ -120,7 +124,8 @@ class Faults:
         return dataclasses.asdict(self)
 
     def copy(self) -> Faults:
-        return dataclasses.replace(self, reject_orderids=list(self.reject_orderids))
+        return dataclasses.replace(self, reject_orderids=list(self.reject_orderids),
+                                   partial_orderids=list(self.partial_orderids))
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,10 @@ class ActiveFaults:
             return 0.0
         self.faults.trickle_next -= 1
         return self.faults.trickle_seconds
+
+    def left_out(self, orderids: list[str]) -> set[str]:
+        """The orderids of an accepted request that partial_orderids leaves out."""
+        return set(orderids) & set(self.faults.partial_orderids)
 
     def accepted(self, count: int) -> int:
         """How many of a valid batch to take: all, or all but the last under accept_fewer."""

@@ -142,8 +142,15 @@ class FakeSpotler:
         orderids, errors = validate_batch(events)
         if errors:
             return self._finish(Reply(400, {"success": False, "errors": errors}), count)
-        taken = list(zip(orderids[:kept], events[:kept], strict=True))
-        answer = {"success": True, "created": kept, "updated": 0, "errors": []}
+        with self._lock:
+            left_out = active.left_out(orderids)
+        taken = [(orderid, event) for orderid, event in zip(orderids[:kept], events[:kept],
+                                                            strict=True)
+                 if orderid not in left_out]
+        answer = {"success": True, "created": len(taken), "updated": 0,
+                  "errors": [{"orderid": orderid, "problems": ["not taken (fake API fault "
+                                                               "partial_orderids)"]}
+                             for orderid in sorted(left_out)]}
         with self._lock:
             trickle = active.trickle()
             if not trickle:
