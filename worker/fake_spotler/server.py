@@ -1,7 +1,8 @@
 """A fake Spotler Activate API on loopback, for the tests, the demo and the benchmarks.
 
-It answers POST /v1/track and POST /v1/verifyAuth as Spotler does, validates every event with the
-project's own validator, records what it accepted, and injects the faults in `Faults` on demand.
+It answers POST /v1/track and POST /v1/verifyAuth as Spotler does, judges every event by its own
+rules (rules.py, not the project's validator), records what it accepted, and injects the faults
+in `Faults` on demand.
 Admin endpoints under /_fake/ let a test or an operator read the record and change the faults.
 Standard library only: the server must not share code paths with the real client it tests.
 """
