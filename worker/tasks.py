@@ -47,7 +47,8 @@ def get_dispatcher() -> Dispatcher:
         _engine = (pid, make_engine(settings.database_url, pool_pre_ping=False))
     dispatcher = Dispatcher(
         _engine[1], SpotlerClient(settings), settings,
-        worker_name=f"{socket.gethostname()}:{pid}:{threading.get_ident() % 10000}",
+        # The Celery node name (w1@host): two workers on one machine must be told apart.
+        worker_name=f"{_node_name or socket.gethostname()}:{pid}:{threading.get_ident() % 10000}",
     )
     dispatcher.stopping = _stop_requested
     _local.dispatcher, _local.pid = dispatcher, pid
@@ -71,12 +72,14 @@ def _unavailable(what: str, e: OperationalError) -> DatabaseUnavailable:
 
 _in_pool_child = False
 _main_pid: int | None = None
+_node_name: str | None = None
 
 
 @worker_init.connect
-def _on_worker_init(**_: Any) -> None:
-    global _main_pid
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    global _main_pid, _node_name
     _main_pid = os.getpid()
+    _node_name = getattr(sender, "hostname", None)
 
 
 @worker_process_init.connect

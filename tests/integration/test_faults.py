@@ -209,3 +209,27 @@ def test_a_dispatch_and_a_sweep_without_a_database_end_failed_with_a_one_line_re
     assert API_KEY not in output
     # Still only a wake-up: acked once, never re-run by the broker.
     assert broker.llen("celery") == 0 and not broker.hlen("unacked")
+
+
+def test_two_workers_on_one_machine_both_deliver_and_no_orderid_is_received_twice(
+    postgres_url: str, outbox: Engine, api: RunningFakeApi, broker: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    api.state.set_faults(Faults(latency_ms=100))  # slow enough that one worker is not enough
+    orderids = [f"TW-{i}" for i in range(300)]
+    first = worker_environment(postgres_url, api.url, SPOTLER_BATCH_SIZE="5")
+    second = worker_environment(postgres_url, api.url, SPOTLER_BATCH_SIZE="7")
+    with running_worker("wa", first, tmp_path), \
+            running_worker("wb", second, tmp_path, beat=False):
+        enqueue_orders(outbox, producer_settings(postgres_url), orderids, per_transaction=10)
+        wait_for(lambda: all_settled(outbox, 300), 90, "300 deliveries")
+    with outbox.connect() as conn:
+        by_node = dict(conn.execute(sa.text(
+            "SELECT split_part(a.worker, ':', 1), count(*) FROM delivery_attempts a "
+            "JOIN delivery_attempt_events e ON e.attempt_id = a.id WHERE a.outcome = 'delivered' "
+            "GROUP BY 1")).all())
+    # The Celery node names, not processes: one worker's two children would not count.
+    assert {node.split("@")[0] for node in by_node} == {"wa", "wb"}, by_node
+    assert all(count > 0 for count in by_node.values())
+    assert counts(outbox) == {"delivered": 300}
+    assert api.state.received()["orderids"] == dict.fromkeys(orderids, 1)

@@ -67,7 +67,7 @@ def _product_problems(products: Any) -> list[str]:
         if not (_filled(product.get("id")) or _whole(product.get("id"))):
             found.append(f"products[{i}].id: missing (the SKU)")
         quantity = product.get("quantity")
-        if not (_whole(quantity) and quantity > 0):
+        if not (isinstance(quantity, int) and _whole(quantity) and quantity > 0):
             found.append(f"products[{i}].quantity: not a positive whole number")
         if "language" in product and not (isinstance(product["language"], str)
                                           and _LANGUAGE.fullmatch(product["language"])):
