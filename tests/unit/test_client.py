@@ -154,3 +154,33 @@ def test_a_trickling_answer_is_cut_at_connect_plus_read_timeout_though_no_read_t
         log = api.state.request_log()
     assert 1.5 <= took < 3.0  # cut at the deadline, not after the 6 s the answer takes
     assert log[0]["completed"] is False and log[0]["ended"] - log[0]["at"] < 3.0
+
+
+@pytest.mark.parametrize("body", ['{"verified": false}', "{}", '{"verified": "true"}',
+                                  "not json", '["verified"]'])
+def test_verify_auth_answering_200_without_verified_true_is_a_refusal(body: str) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = SpotlerClient(Settings(api_url=f"http://127.0.0.1:{server.server_port}",
+                                        account="a", api_key="k", connect_timeout=1))
+        with pytest.raises(AuthFailed, match="did not verify the credentials"):
+            client.verify_auth()
+    finally:
+        server.shutdown()
+        server.server_close()
