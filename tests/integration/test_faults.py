@@ -61,15 +61,16 @@ def in_flight(engine: Engine) -> int:
             "SELECT count(*) FROM outbox_events WHERE status = 'in_flight'")).scalar_one())
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_sigterm_lets_the_batch_in_flight_finish_and_be_marked_before_the_worker_exits(
     postgres: ThrowawayPostgres, redis_server: ThrowawayRedis, api: RunningFakeApi,
-    engine: Engine, tmp_path: Path,
+    engine: Engine, tmp_path: Path, pool: str,
 ) -> None:
     api.state.set_faults(Faults(latency_ms=1500))
     env = worker_environment(postgres.url, api.url, OUTBOX_BROKER_URL=redis_server.url,
                              SPOTLER_BATCH_SIZE="10")
     producer = Settings(database_url=postgres.url, broker_url=redis_server.url)
-    with running_worker("w1", env, tmp_path) as worker:
+    with running_worker("w1", env, tmp_path, pool=pool) as worker:
         enqueue_orders(engine, producer, [f"G-{i}" for i in range(60)], per_transaction=60)
         wait_for(lambda: in_flight(engine) > 0, 20, "a batch in flight")
         time.sleep(0.3)
@@ -78,15 +79,17 @@ def test_sigterm_lets_the_batch_in_flight_finish_and_be_marked_before_the_worker
     assert in_flight(engine) == 0
     delivered = counts(engine).get("delivered", 0)
     assert delivered >= 10  # the batch that was in flight
+    assert delivered <= 20  # and no new one: two slots, one batch of 10 in flight in each
     assert sum(api.state.received()["orderids"].values()) == delivered
     with running_worker("w2", env, tmp_path):
         wait_for(lambda: all_settled(engine, 60), 60, "the rest after restart")
     assert api.state.received()["orderids"] == {f"G-{i}": 1 for i in range(60)}
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_a_database_outage_while_workers_run_loses_nothing_and_marks_nothing_wrongly(
     postgres: ThrowawayPostgres, redis_server: ThrowawayRedis, api: RunningFakeApi,
-    engine: Engine, tmp_path: Path,
+    engine: Engine, tmp_path: Path, pool: str,
 ) -> None:
     api.state.set_faults(Faults(latency_ms=200))
     env = worker_environment(postgres.url, api.url, OUTBOX_BROKER_URL=redis_server.url,
@@ -94,7 +97,8 @@ def test_a_database_outage_while_workers_run_loses_nothing_and_marks_nothing_wro
     producer = Settings(database_url=postgres.url, broker_url=redis_server.url)
     orderids = [f"O-{i}" for i in range(200)]
     enqueue_orders(engine, producer, orderids, per_transaction=50)
-    with running_worker("w1", env, tmp_path) as worker:
+    with running_worker("w1", env, tmp_path, pool=pool, concurrency=4 if pool == "threads"
+                        else 2) as worker:
         wait_for(lambda: counts(engine).get("delivered", 0) >= 20, 30, "deliveries under way")
         postgres.stop("immediate")
         time.sleep(3)
