@@ -5,12 +5,9 @@ Every outcome of a request is mapped to one class in `classify`, in one place.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import ipaddress
 import json
-import socket
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,14 +15,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from spotler_outbox.models.errors import ConfigurationError
 from spotler_outbox.models.settings import Settings
 from spotler_outbox.models.validation import canonical_json
 from spotler_outbox.models.version import installed_version
+from spotler_outbox.worker.spotler.deadline import DeadlineAdapter, request_deadline
 from spotler_outbox.worker.spotler.errors import (
     AuthFailed,
     Misdirected,
@@ -133,89 +128,6 @@ def _partial_problem(body: str, sent: int) -> str | None:
     return None
 
 
-class _Watchdog:
-    """Cuts one request at its deadline, whatever phase it is in.
-
-    requests' read timeout bounds each socket read, not the answer: a proxy that trickles a
-    byte every few seconds would keep a request open past the claim's lease, and another
-    worker would send the same rows meanwhile. At the deadline the socket is shut down, so the
-    blocked read returns at once and the request fails as a timeout.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.fired = False
-        self._lock = threading.Lock()
-        self._connection: HTTPConnection | None = None
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Watchdog:
-        _current.watchdog = self
-        self._timer.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._timer.cancel()
-        _current.watchdog = None
-
-    def watch(self, connection: HTTPConnection) -> None:
-        with self._lock:
-            self._connection = connection
-            if self.fired:
-                _shut(connection)
-
-    def _fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            if self._connection is not None:
-                _shut(self._connection)
-
-
-_current = threading.local()
-
-
-def _shut(connection: HTTPConnection) -> None:
-    sock = connection.sock
-    if sock is not None:
-        # socket.socket's own shutdown, also for an SSLSocket: it wakes the reader without
-        # tearing down the TLS state another thread is using.
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-class _WatchedHTTPConnection(HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
-        watchdog: _Watchdog | None = getattr(_current, "watchdog", None)
-        if watchdog is not None:
-            watchdog.watch(self)  # a kept-alive connection is watched in request() instead
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        watchdog: _Watchdog | None = getattr(_current, "watchdog", None)
-        if watchdog is not None:
-            watchdog.watch(self)
-        super().request(*args, **kwargs)
-
-
-class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
-    pass
-
-
-class _WatchedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-class _WatchedAdapter(HTTPAdapter):
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool,
-                                                   "https": _WatchedHTTPSPool}
-
-
 class SpotlerClient:
     """A keep-alive session to one Spotler account. The API key lives only in its headers."""
 
@@ -227,7 +139,7 @@ class SpotlerClient:
         # The whole request, connect to last byte: the claim renews its lease to cover this.
         self.deadline = settings.connect_timeout + settings.read_timeout
         self.session = requests.Session()
-        adapter = _WatchedAdapter()
+        adapter = DeadlineAdapter()
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.session.trust_env = False  # a proxy from the environment must not see the key
@@ -258,15 +170,14 @@ class SpotlerClient:
         return accepted
 
     def _post(self, path: str, body: bytes) -> tuple[int, str, Mapping[str, str]]:
-        watchdog = _Watchdog(self.deadline)
         try:
             # Never follow a redirect: requests would turn the POST into a GET (a 2xx to it is
             # no delivery) and carry X-AUTH-APIKEY to whatever host it names.
-            with watchdog:
+            with request_deadline(self.deadline) as deadline:
                 response = self.session.post(self.base_url + path, data=body,
                                              timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as e:
-            if watchdog.fired:
+            if deadline.fired:
                 raise RetryableError(f"timed out talking to Spotler: no full answer within "
                                      f"{self.deadline:g}s") from e
             raise _failure(e) from e
