@@ -207,7 +207,7 @@ def test_a_thousand_bad_rows_are_counted_by_how_they_ended(
     reasons = {"not json": "payload: not valid JSON", "wrong type": "event: must be a JSON object",
                "missing field": "is required", "unknown field": "orderId: unknown field",
                "bad quantity": "products[0].quantity:", "naive date": "timestamp:",
-               "orderid mismatch": "orderid: the payload says", "huge": "event: is "}
+               "orderid mismatch": "orderid: the payload says", "huge": "custom_blob:"}
     for orderid, (status, error) in outcomes.items():
         if status == "failed":
             assert reasons[kinds[orderid]] in (error or ""), (kinds[orderid], error)
