@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 
 from spotler_outbox.worker.console import exporter as metrics
+from tests.conftest import in_ci
 from tests.integration.test_metrics import attempt, seed_busy_outbox
 from tests.integration.workers import REDIS_URL, redis_or_skip
 from tests.services import free_port, wait_port
@@ -87,11 +91,12 @@ def exporter_series(database_url: str, engine: Engine) -> dict[str, set[str]]:
 
 
 @pytest.fixture(scope="module")
-def flower_series() -> Iterator[dict[str, set[str]]]:
+def flower() -> Iterator[tuple[int, dict[str, set[str]]]]:
+    """A live Flower on the test broker: its port and the series its /metrics serves."""
     redis_or_skip()
     port = free_port()
     env = {"OUTBOX_BROKER_URL": REDIS_URL, "PATH": str(Path(sys.executable).parent)}
-    flower = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "flower",
          f"--port={port}", "--address=127.0.0.1", "--basic-auth=operator:secret"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -100,10 +105,15 @@ def flower_series() -> Iterator[dict[str, set[str]]]:
         # Unauthenticated, as ops/prometheus.yml scrapes it.
         response = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
         assert response.status_code == 200
-        yield served(response.text)
+        yield port, served(response.text)
     finally:
-        flower.terminate()
-        flower.wait(10)
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def flower_series(flower: tuple[int, dict[str, set[str]]]) -> dict[str, set[str]]:
+    return flower[1]
 
 
 def dashboard_expressions() -> dict[str, str]:
@@ -180,3 +190,90 @@ def test_prometheus_scrapes_the_exporter_and_flower_and_loads_the_rules() -> Non
 ])
 def test_metric_names_finds_the_series_of_an_expression(expr: str, names: set[str]) -> None:
     assert metric_names(expr) == names
+
+
+# --- a real Prometheus -----------------------------------------------------------------------
+
+PROMETHEUS_BINARY = shutil.which("prometheus")
+
+
+def prometheus_or_skip() -> str:
+    if PROMETHEUS_BINARY is None:
+        message = "no prometheus binary (Debian: apt-get install prometheus)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return PROMETHEUS_BINARY
+
+
+@contextmanager
+def running_prometheus(config: dict[str, Any], tmp_path: Path) -> Iterator[str]:
+    binary = prometheus_or_skip()
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_port(port)
+        wait_until(lambda: requests.get(f"{base}/-/ready", timeout=5).status_code == 200, 30,
+                   "ready Prometheus")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def query(base: str, expr: str) -> list[Any]:
+    answer = requests.get(f"{base}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert answer["status"] == "success", f"{expr!r}: {answer.get('error')}"
+    result: list[Any] = answer["data"]["result"]
+    return result
+
+
+def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} after {seconds} s"
+        time.sleep(0.5)
+
+
+@pytest.mark.timeout(120)
+def test_a_real_prometheus_with_ops_config_evaluates_every_panel_and_alert(
+    postgres_url: str, flower: tuple[int, dict[str, set[str]]], tmp_path: Path,
+) -> None:
+    engine = metrics.exporter_engine(postgres_url)
+    row_id = seed_busy_outbox(engine)
+    server, thread = metrics.start_exporter(engine, "127.0.0.1", 0)
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(ALERTS)]
+    ports = {"spotler-outbox": server.server_port, "flower": flower[0]}
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}]
+    try:
+        with running_prometheus(config, tmp_path) as base:
+            wait_until(lambda: len(query(base, "up == 1")) == 2, 30, "scrape of both targets")
+            attempt(engine, row_id, metrics.utc_now(), 120, "delivered", 2)
+            wait_until(lambda: bool(query(
+                base, "increase(spotler_outbox_requests_total[1m]) > 0")), 30, "counted request")
+            rules = requests.get(f"{base}/api/v1/rules", timeout=10).json()["data"]["groups"]
+            alerts = {r["name"]: r for g in rules for r in g["rules"]}
+            for where, expr in dashboard_expressions().items():
+                result = query(base, expr)
+                if "flower_" not in expr:
+                    assert result, f"{where}: {expr!r} has no data"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        engine.dispose()
+
+    assert set(alerts) == set(alert_expressions())
+    assert all(rule["health"] == "ok" for rule in alerts.values()), alerts
+    # The seeded outbox has failed rows and a pause: those alerts are at least pending.
+    assert alerts["SpotlerOutboxFailedRows"]["state"] == "firing"
+    assert alerts["SpotlerOutboxPaused"]["state"] in ("pending", "firing")
+    assert alerts["SpotlerOutboxExporterDown"]["state"] == "inactive"
