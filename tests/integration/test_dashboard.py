@@ -277,3 +277,4 @@ def test_a_real_prometheus_with_ops_config_evaluates_every_panel_and_alert(
     assert alerts["SpotlerOutboxFailedRows"]["state"] == "firing"
     assert alerts["SpotlerOutboxPaused"]["state"] in ("pending", "firing")
     assert alerts["SpotlerOutboxExporterDown"]["state"] == "inactive"
+    assert alerts["SpotlerOutboxNoWorker"]["state"] == "pending"  # Flower sees no worker here
