@@ -51,6 +51,30 @@ def test_a_claim_that_runs_out_of_time_hands_the_unsent_rest_back_without_an_att
     assert all(n == 1 for n in api.state.received()["orderids"].values())
 
 
+def test_a_claim_halted_by_a_429_mid_split_hands_the_other_half_back_unsent(
+    database_url: str, engine: Engine, api: RunningFakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=4)
+    seed(engine, ["HL-1", "HL-2", "HL-3", "HL-4"], dispatcher.settings)
+    api.state.set_faults(Faults(reject_orderids=["HL-1"]))
+    track = dispatcher.client.track
+
+    def then_throttled(events: Any) -> Accepted:
+        try:
+            return track(events)
+        finally:  # after the 400 that splits the batch, Spotler starts throttling
+            api.state.set_faults(Faults(rate_limit_seconds=30))
+
+    monkeypatch.setattr(dispatcher.client, "track", then_throttled)
+    report = dispatcher.run_once()
+    assert report.rate_limited
+    assert [r["status"] for r in api.state.request_log()] == [400, 429]  # not the other half
+    assert set(statuses(engine).values()) == {Status.PENDING}
+    notes = {row(engine, o).last_error for o in ("HL-1", "HL-2", "HL-3", "HL-4")}
+    assert any("ran out of time or was halted" in (note or "") for note in notes)
+    assert all(row(engine, o).attempts == 0 for o in ("HL-1", "HL-2", "HL-3", "HL-4"))
+
+
 def test_a_claim_that_lost_part_of_its_rows_before_sending_sends_nothing_more(
     database_url: str, engine: Engine, api: RunningFakeApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
