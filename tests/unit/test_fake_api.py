@@ -256,6 +256,17 @@ def test_a_batch_with_a_rejected_orderid_is_refused_whole(
     assert track(http, fake, purchase("1001")).status_code == 200
 
 
+def test_partial_orderids_are_left_out_of_an_accepted_request_and_reported(
+    fake: RunningFakeApi, http: requests.Session,
+) -> None:
+    set_faults(http, fake, partial_orderids=["2"])
+    answer = track(http, fake, {"events": [purchase("1"), purchase("2")]}).json()
+    assert (answer["created"], [e["orderid"] for e in answer["errors"]]) == (1, ["2"])
+    alone = track(http, fake, purchase("2")).json()
+    assert (alone["created"], len(alone["errors"])) == (0, 1)
+    assert received(http, fake)["orderids"] == {"1": 1}
+
+
 def test_a_redirect_fault_answers_track_with_its_status_and_location_but_not_verify_auth(
     fake: RunningFakeApi, http: requests.Session,
 ) -> None:
