@@ -441,3 +441,32 @@ def test_run_fake_api_serves_in_the_foreground_until_sigterm() -> None:
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.parametrize("change, field", [
+    ({}, None),
+    ({"email": "a" * 64}, None),
+    ({"timestamp": "2026-11-27 10:00:00"}, None),  # Spotler reads it as CET: taken
+    ({"orderId": "x"}, None),  # unknown fields are ignored by Spotler
+    ({"event": "AddToCart"}, "event"),
+    ({"email": "not-an-address"}, "email"),
+    ({"email": "A" * 64}, "email"),
+    ({"orderid": " "}, "orderid"),
+    ({"products": []}, "products"),
+    ({"products": [{"id": "S", "quantity": 0}]}, "products[0].quantity"),
+    ({"products": [{"id": "S", "quantity": True}]}, "products[0].quantity"),
+    ({"products": [{"quantity": 1}]}, "products[0].id"),
+    ({"products": [{"id": "S", "quantity": 1, "language": "dutch"}]}, "products[0].language"),
+    ({"currency": "eur"}, "currency"),
+    ({"timestamp": "yesterday"}, "timestamp"),
+])
+def test_the_fakes_own_rules_refuse_what_spotler_documents_and_nothing_more(
+    change: dict[str, Any], field: str | None,
+) -> None:
+    from spotler_outbox.worker.fake_spotler.rules import problems_of
+
+    problems = problems_of(purchase("1", **change))
+    if field is None:
+        assert problems == []
+    else:
+        assert [p.split(":")[0] for p in problems] == [field]
