@@ -465,7 +465,7 @@ def test_the_fakes_own_rules_refuse_what_spotler_documents_and_nothing_more(
 ) -> None:
     from spotler_outbox.worker.fake_spotler.rules import problems_of
 
-    problems = problems_of(purchase("1", **change))
+    problems = problems_of({**purchase("1"), **change})
     if field is None:
         assert problems == []
     else:
