@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis
 import sqlalchemy as sa
@@ -276,7 +275,8 @@ def table_rows() -> list[Row | str]:
                          at_most(0, "= 0"))]
         rows.append(Row("database limit, claim + mark alone, 2 processes, batch 100, rows/s",
                         f"{key}_raw"))
-    return rows + [
+    return [
+        *rows,
         f"PostgreSQL, batch 100, {LATENCY_MS:g} ms per request",
         Row("delivered events/s", "slow_eps"),
         Row(f"bound: {SLOTS} slots x 100 events / {LATENCY_MS / 1000:g} s", "slow_bound"),
