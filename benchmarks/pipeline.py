@@ -44,10 +44,12 @@ from benchmarks.procs import (
     ProcessError,
     fake_received,
     process_tree,
+    py_spy,
     start_beat,
     start_fake_api,
     start_worker,
     stop_all,
+    tree,
 )
 from benchmarks.report import Row, at_least, at_most, percentile, render
 from spotler_outbox.models.enqueue import enqueue_purchase
@@ -91,6 +93,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--skip", default="", help="comma-separated phases to skip: "
                    "raw, one, latency, memory, e2e")
     p.add_argument("--json", action="store_true", help="also print every figure as JSON")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="py-spy on the pool children during the drains at batch 100 (collapsed "
+                        "stacks in DIR/<backend>; their CPU then counts py-spy's pauses too)")
     p.add_argument("--broker-url", default=os.environ.get("BENCH_BROKER_URL",
                                                           "redis://127.0.0.1:6379/14"))
     args = p.parse_args(argv)
@@ -139,7 +144,8 @@ def running_worker(bench: Bench, api_url: str, batch: int, pool: str = "prefork"
         yield worker
 
 
-def drain(bench: Bench, worker: Managed, api: tuple[Managed, str], rows: int) -> dict[str, float]:
+def drain(bench: Bench, worker: Managed, api: tuple[Managed, str], rows: int,
+          profile: Path | None = None) -> dict[str, float]:
     """`rows` pending rows, made due at once after the meter starts; CPU per event and rate.
 
     They are inserted due in an hour, then made due by one UPDATE from this process's own
@@ -147,7 +153,8 @@ def drain(bench: Bench, worker: Managed, api: tuple[Managed, str], rows: int) ->
     """
     db.insert_pending(bench.engine, rows, due_in=3600)
     received = fake_received(api[1])
-    with bench.engine.connect() as conn, MemorySampler(worker.pid) as memory:
+    with (bench.engine.connect() as conn, MemorySampler(worker.pid) as memory,
+          py_spy(tree(worker.pid)[1:] or [worker.pid], profile)):
         own = db.own_session_id(conn)
         meter = CpuMeter({"worker": process_tree(worker.pid), "api": process_tree(api[0].pid),
                           "db": lambda: db.server_stat_files(bench.engine, [own])})
@@ -227,7 +234,8 @@ def measure(args: argparse.Namespace, log_dir: Path, say: Callable[[str], None]
             for batch, rows in sizes:
                 with running_worker(bench, apis["fast"][1], batch) as worker:
                     say(f"{label}: drain at batch {batch}, {rows} rows")
-                    for k, v in drain(bench, worker, apis["fast"], rows).items():
+                    spy = args.profile / key if args.profile and batch == 100 else None
+                    for k, v in drain(bench, worker, apis["fast"], rows, spy).items():
                         figures[f"{key}_b{batch}_{k}"] = v
                     if key == "pg" and batch == 100 and "e2e" not in skip:
                         say(f"{label}: end to end, {args.orders} orders; idle latency")

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import requests
@@ -136,6 +136,30 @@ def start_beat(env: dict[str, str], log_dir: Path, name: str) -> Managed:
     return Managed(name, [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "beat",
                           "--loglevel=WARNING", f"--schedule={log_dir / (name + '.db')}"],
                    env, log_dir)
+
+
+@contextlib.contextmanager
+def py_spy(pids: Iterable[int], out_dir: Path | None) -> Iterator[None]:
+    """py-spy on each process, when out_dir is set: collapsed stacks of the thread holding the
+    GIL only, so waits on the socket (GIL released) drop out and what is left is Python CPU."""
+    if out_dir is None:
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).parent / "py-spy"
+    spies = [subprocess.Popen([str(spy) if spy.exists() else "py-spy", "record", "--pid", str(p),
+                               "--format", "raw", "--rate", "250", "--nonblocking", "--gil",
+                               "-o", str(out_dir / f"{p}.txt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for p in pids]
+    time.sleep(1.0)  # py-spy attaches in well under a second
+    try:
+        yield
+    finally:
+        for proc in spies:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        for proc in spies:
+            proc.wait(30)
 
 
 # --- /proc --------------------------------------------------------------------------------
