@@ -31,13 +31,15 @@ def test_render_takes_medians_and_judges_targets() -> None:
         Row("throughput", "eps", target=at_least(20, ">= 20")),
         Row("latency", "lat", "{:.1f}", at_most(100, "<= 100")),
         Row("absent everywhere", "nothing"),
+        "a phase that was skipped",
+        Row("its figure", "skipped"),
     ]
     runs = [{"eps": 10.0, "lat": 50.0}, {"eps": 30.0, "lat": 500.0}, {"eps": 25.0, "lat": 200.0}]
     text, missed = render(rows, runs)
     assert "| heading" in text
     assert "10 / 30 / 25" in text  # every run, in order
     assert missed == ["latency"]  # judged on the medians (25 and 200), not on any one run
-    assert "absent everywhere" not in text
+    assert "absent everywhere" not in text and "skipped" not in text
 
 
 def test_the_scale_benchmark_refuses_a_purge_larger_than_the_history() -> None:
