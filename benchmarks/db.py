@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -160,39 +159,57 @@ def server_version(engine: Engine) -> str:
     return str(scalar(engine, "SELECT version()")).split(" on ")[0]
 
 
-def server_stat_files(engine: Engine, own: Iterable[int] = ()) -> list[str]:
-    """The /proc stat files of the database server's work for this database.
+class ServerWork:
+    """The /proc stat files of the database server's work: `sessions()` for this database's
+    connections (the benchmark's own `own` session left out), `background()` for the server's
+    own processes or threads (WAL writer, checkpointer; InnoDB's purge, page cleaner, log
+    writer), which serve every database on the server: other sessions run tests on it too.
 
-    PostgreSQL: the backends of this database (except the benchmark's own `own` pids) and
-    the server's own processes (WAL writer, checkpointer...), not other databases' clients:
-    other sessions run their tests on the same server. MariaDB is one process: the threads
-    serving this database's connections, plus every thread that serves no connection now
-    (InnoDB's own: purge, page cleaner, log writer).
+    MariaDB is one process: its connection threads are told apart by the TIDs the process
+    list shows, noted at start, at stop, and at every `note()` in between, so that threads
+    seen serving another database's connection count in neither figure.
     """
-    skip = set(own)
-    with engine.connect() as conn:
-        if is_postgres(engine):
-            pids = conn.execute(sa.text(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "OR backend_type <> 'client backend'")).scalars()
-            return [f"/proc/{p}/stat" for p in pids if p not in skip]
-        server = int(conn.execute(sa.text(
-            "SELECT TID FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()"))
-            .scalar_one())
-        others = {int(t) for t, mine in conn.execute(sa.text(
-            "SELECT TID, DB <=> DATABASE() FROM information_schema.PROCESSLIST"))
-            if not mine or int(t) in skip}
-    pid = _mariadb_pid(server)
-    return [f"/proc/{pid}/task/{t}/stat" for t in os.listdir(f"/proc/{pid}/task")
-            if int(t) not in others]
 
+    def __init__(self, engine: Engine, own: int) -> None:
+        self.engine, self.own = engine, own
+        self.postgres = is_postgres(engine)
+        self.seen: set[int] = set()  # MariaDB: every thread seen serving any connection
+        self.mine: set[int] = set()
 
-def _mariadb_pid(tid: int) -> int:
-    """The server process that owns thread `tid` (its thread group id)."""
-    for line in open(f"/proc/{tid}/status"):  # noqa: SIM115 - read to the end
-        if line.startswith("Tgid:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no MariaDB server thread {tid} on this machine")
+    def note(self, conn: sa.Connection) -> None:
+        if not self.postgres:
+            for tid, mine in conn.execute(sa.text(
+                    "SELECT TID, DB <=> DATABASE() FROM information_schema.PROCESSLIST")):
+                self.seen.add(int(tid))
+                if mine and int(tid) != self.own:
+                    self.mine.add(int(tid))
+
+    def _pg(self, where: str) -> list[str]:
+        with self.engine.connect() as conn:
+            return [f"/proc/{p}/stat" for p in conn.execute(sa.text(
+                f"SELECT pid FROM pg_stat_activity WHERE {where}")).scalars() if p != self.own]
+
+    def _maria(self) -> tuple[int, list[int]]:
+        with self.engine.connect() as conn:
+            self.note(conn)
+            tid = int(conn.execute(sa.text("SELECT TID FROM information_schema.PROCESSLIST "
+                                           "WHERE ID = CONNECTION_ID()")).scalar_one())
+        for line in open(f"/proc/{tid}/status"):  # noqa: SIM115 - read to the end
+            if line.startswith("Tgid:"):  # the server process owning that thread
+                pid = int(line.split()[1])
+        return pid, [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+
+    def sessions(self) -> list[str]:
+        if self.postgres:
+            return self._pg("datname = current_database()")
+        pid, tids = self._maria()
+        return [f"/proc/{pid}/task/{t}/stat" for t in tids if t in self.mine]
+
+    def background(self) -> list[str]:
+        if self.postgres:
+            return self._pg("backend_type <> 'client backend'")
+        pid, tids = self._maria()
+        return [f"/proc/{pid}/task/{t}/stat" for t in tids if t not in self.seen]
 
 
 def own_session_id(conn: sa.Connection) -> int:
