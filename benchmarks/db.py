@@ -125,10 +125,6 @@ def scalar(engine: Engine, sql: str) -> Any:
         return conn.execute(sa.text(sql)).scalar_one()
 
 
-def delivered_count(engine: Engine) -> int:
-    return int(scalar(engine, "SELECT count(*) FROM outbox_events WHERE status = 'delivered'"))
-
-
 def statuses(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         return {s: int(n) for s, n in conn.execute(sa.text(

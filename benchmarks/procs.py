@@ -194,15 +194,6 @@ def cpu_ticks(path: str, *, reaped: bool = True) -> int:
     return sum(int(v) for v in fields[11:15 if reaped else 13])
 
 
-def pids_named(name: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() == name:
-                found.append(int(entry.name))
-    return found
-
-
 def machine_busy_ticks() -> int:
     """Ticks of all cores spent on anything but idle and iowait, since boot."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]

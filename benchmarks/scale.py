@@ -4,7 +4,7 @@
   1. claim + mark delivered (benchmarks.claimers: batch 100, 2 processes) on --pending pending
      rows (a) in an otherwise empty table and (b) in a table that also holds --delivered
      delivered rows (made by the server: INSERT ... SELECT generate_series), with the table's
-     sizes and the EXPLAIN ANALYZE of the claim in (b);
+     and its indexes' sizes;
   2. the same claimers running on fresh pending rows (a feeder tops them up) while
      models.operations.purge, as `spotler-outbox purge --delivered-before 30d` runs it,
      deletes the --purge delivered rows older than 30 days: the purge's rate, throughput and
@@ -23,7 +23,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -32,7 +31,6 @@ from sqlalchemy.engine import Engine, make_url
 from benchmarks import db
 from benchmarks.claimers import Load, LockWatcher, PurgeResult, Samples, run_purge
 from benchmarks.report import Row, Target, at_least, at_most, percentile, render
-from spotler_outbox.models import claims
 from spotler_outbox.models.clock import utc_now
 
 DEFAULT_URL = os.environ.get(
@@ -108,21 +106,6 @@ def sizes(engine: Engine) -> dict[str, float]:
     return out
 
 
-def explain_claim(engine: Engine, limit: int) -> str:
-    """EXPLAIN ANALYZE of the claim exactly as SQLAlchemy sends it, rolled back."""
-    now = utc_now()
-    with engine.connect() as conn:
-        compiled = claims._claim_statement().compile(dialect=conn.dialect)  # type: ignore[attr-defined]
-        bound = compiled.construct_params({"from_status": "pending", "n": limit,
-                                           "token": uuid.uuid4().hex, "now": now,
-                                           "until": now + dt.timedelta(seconds=120)})
-        with conn.begin() as tx:
-            lines = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + str(compiled),
-                                         bound).scalars().all()
-            tx.rollback()  # EXPLAIN ANALYZE of an UPDATE really changes rows
-    return "\n".join(lines)
-
-
 def drain_figures(prefix: str, s: Samples) -> dict[str, float]:
     ms = sorted(d * 1000 for d in s.claim_s)
     return {prefix: s.per_second, f"{prefix}_p50": percentile(ms, 50),
@@ -130,17 +113,13 @@ def drain_figures(prefix: str, s: Samples) -> dict[str, float]:
 
 
 def phase1(args: argparse.Namespace, big: Engine, empty: Engine, anchor: dt.datetime, run: int,
-           say: Callable[[str], None]) -> tuple[dict[str, float], str]:
+           say: Callable[[str], None]) -> dict[str, float]:
     figures: dict[str, float] = {}
-    explain = ""
 
     def drain(engine: Engine, prefix: str) -> None:
-        nonlocal explain
         db.insert_pending(engine, args.pending, prefix="pending-", offset=run * args.pending,
                           by_server=True)
         maintenance(engine, "ANALYZE outbox_events")
-        if engine is big and run == 0:
-            explain = explain_claim(big, args.batch)
         url = engine.url.render_as_string(hide_password=False)
         with Load(url, batch=args.batch, processes=args.processes) as load:
             figures.update(drain_figures(prefix, load.stop()[0]))
@@ -160,7 +139,7 @@ def phase1(args: argparse.Namespace, big: Engine, empty: Engine, anchor: dt.date
     for step in (empty_table, big_table) if run % 2 == 0 else (big_table, empty_table):
         step()
     figures["big_ratio"] = figures["cm_big"] / figures["cm_empty"]
-    return figures, explain
+    return figures
 
 
 def window(s: Samples, lo: float, hi: float) -> tuple[float, list[float]]:
@@ -279,7 +258,6 @@ def main(argv: list[str] | None = None) -> int:
     empty_url = parsed.set(database=(parsed.database or "").removesuffix("_bench")
                            + "_empty_bench").render_as_string(hide_password=False)
     runs: list[dict[str, float]] = []
-    explain = ""
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     try:
         big, empty = db.prepare(args.database_url), db.prepare(empty_url)
@@ -290,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeat):
             def run_say(what: str, i: int = i) -> None:
                 say(f"run {i + 1}: {what}")
-            figures, plan = phase1(args, big, empty, anchor, i, run_say)
-            explain = explain or plan
+            figures = phase1(args, big, empty, anchor, i, run_say)
             figures.update(built)
             figures.update(phase2(args, big, anchor, run_say))
             if i == 0 and not args.no_control:
@@ -314,7 +291,6 @@ def main(argv: list[str] | None = None) -> int:
           "'each run' lists every run's figure in order")
     print(text)
     print("targets missed: " + (", ".join(missed) if missed else "none"))
-    print("\nEXPLAIN (ANALYZE, BUFFERS) of the claim in (b), run 1 (rolled back):\n" + explain)
     if args.json:
         print(json.dumps(runs, indent=1))
     return 0
