@@ -79,18 +79,19 @@ def test_a_process_tree_counts_its_children_even_after_they_exit() -> None:
 
 def test_a_tiny_run_of_the_bench_reports_every_figure_of_its_table(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Two drains of 200 rows on PostgreSQL through real Celery processes and the fake API."""
+    """Drains of 1,000 rows at batch 100 (enough CPU for /proc's 10 ms ticks) and 100 at 1,
+    on PostgreSQL through real Celery processes and the fake API."""
     name = os.environ.get("TEST_DB_NAME", "spotler_outbox_test") + "_smoke_bench"
     monkeypatch.setitem(pipeline.BACKENDS, "pg", (
         "PostgreSQL", f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"))
     args = pipeline.parse_args([
-        "--rows", "200", "--rows-one", "100", "--backends", "pg", "--skip", "latency,memory,e2e",
+        "--rows", "1000", "--rows-one", "100", "--backends", "pg", "--skip", "latency,memory,e2e",
         "--broker-url", os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")])
     try:
         figures, _ = pipeline.measure(args, tmp_path, lambda _: None)
     finally:
         procs.stop_all()
-    assert figures["pg_b100_requests"] == 2 and figures["pg_b1_requests"] == 100
+    assert figures["pg_b100_requests"] == 10 and figures["pg_b1_requests"] == 100
     assert figures["pg_b100_extra"] == figures["pg_b1_extra"] == 0  # the fake API's counts
     for batch in (100, 1):
         assert figures[f"pg_b{batch}_us_worker"] > 0 and figures[f"pg_b{batch}_us_db"] > 0
