@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -146,8 +147,11 @@ def py_spy(pids: Iterable[int], out_dir: Path | None) -> Iterator[None]:
         yield
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    spy = Path(sys.executable).parent / "py-spy"
-    spies = [subprocess.Popen([str(spy) if spy.exists() else "py-spy", "record", "--pid", str(p),
+    local = Path(sys.executable).parent / "py-spy"
+    spy = str(local) if local.exists() else shutil.which("py-spy")
+    if spy is None:
+        raise ProcessError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    spies = [subprocess.Popen([spy, "record", "--pid", str(p),
                                "--format", "raw", "--rate", "250", "--nonblocking", "--gil",
                                "-o", str(out_dir / f"{p}.txt")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
