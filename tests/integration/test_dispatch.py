@@ -124,6 +124,30 @@ def test_a_stretch_of_server_errors_is_retried_with_backoff_until_delivered(
     assert api.state.received()["orderids"] == {f"R-{i}": 1 for i in range(10)}
 
 
+def test_each_request_records_which_orders_it_carried_and_which_attempt_of_theirs_it_was(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=10)
+    orderids = [f"W-{i}" for i in range(6)]
+    seed(engine, orderids, dispatcher.settings)
+    api.state.set_faults(Faults(fail_next=1, error_status=503))
+    drain(dispatcher)
+    with engine.connect() as conn:
+        carried = conn.execute(sa.text(
+            "SELECT a.id, a.outcome, o.orderid, e.attempt_number FROM delivery_attempt_events e "
+            "JOIN delivery_attempts a ON a.id = e.attempt_id "
+            "JOIN outbox_events o ON o.id = e.outbox_event_id ORDER BY a.id")).all()
+    # The oracle is the fake API's own log: how many events each request carried, in order.
+    per_attempt: dict[int, list[str]] = {}
+    for attempt_id, outcome, _, _ in carried:
+        per_attempt.setdefault(attempt_id, []).append(outcome)
+    assert [(o[0], len(o)) for o in per_attempt.values()] == [
+        ({503: "retryable", 200: "delivered"}[r["status"]], r["events"])
+        for r in api.state.request_log()]
+    assert sorted((o, n) for _, _, o, n in carried) == sorted(
+        [(o, 1) for o in orderids] + [(o, 2) for o in orderids])
+
+
 def test_a_row_whose_attempts_run_out_is_failed_with_its_last_error(
     database_url: str, engine: Engine, api: RunningFakeApi
 ) -> None:
