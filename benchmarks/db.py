@@ -94,8 +94,8 @@ PAYLOAD = ('{"event":"Purchase","email":"customer%1$s@example.com","orderid":"%2
            '"currency":"EUR","firstname":"Jane","lastname":"Doe"}')
 PAYLOAD_SQL = "format(CAST(:template AS text), n, :prefix || n, n % 97, 1 + n % 3)"
 _PENDING_SQL = sa.text(f"""
-INSERT INTO outbox_events (event, orderid, payload)
-SELECT 'Purchase', :prefix || n, {PAYLOAD_SQL}
+INSERT INTO outbox_events (event, orderid, payload, validated)
+SELECT 'Purchase', :prefix || n, {PAYLOAD_SQL}, true
 FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS n""")
 
 
@@ -110,6 +110,7 @@ def insert_pending(engine: Engine, count: int, *, due_in: float = 0.0, prefix: s
         return
     due = utc_now() + dt.timedelta(seconds=due_in)
     rows = [{"event": "Purchase", "orderid": f"{prefix}{n}", "next_attempt_at": due,
+             "validated": True,
              "payload": canonical_json(validate_purchase(purchase(f"{prefix}{n}", n)))}
             for n in range(offset, offset + count)]
     with engine.begin() as conn:

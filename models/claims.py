@@ -28,6 +28,7 @@ class ClaimedRow:
     payload: str
     attempts: int  # including the one this claim starts
     retry_window_start: dt.datetime  # created, or re-queued by an operator
+    validated: bool = False  # enqueue_purchase validated the payload: send it as stored
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,16 @@ def _claim(
         if not locked:
             return []
         conn.execute(update, {**params, "ids": [r.id for r in locked]})
-        return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts + 1, r.since) for r in locked]
+        return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts + 1, r.since,
+                           bool(r.validated)) for r in locked]
     rows = conn.execute(_claim_statement(), params).all()
-    return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts, r.since) for r in rows]
+    return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts, r.since, bool(r.validated))
+            for r in rows]
 
 
 _CLAIMED_COLUMNS = (events.c.id, events.c.orderid, events.c.payload, events.c.attempts,
-                    sa.func.coalesce(events.c.requeued_at, events.c.created_at).label("since"))
+                    sa.func.coalesce(events.c.requeued_at, events.c.created_at).label("since"),
+                    events.c.validated)
 # While in flight, next_attempt_at is the lease expiry: one index serves "due" and "expired".
 _CLAIM_VALUES = {
     "status": Status.IN_FLIGHT.value,

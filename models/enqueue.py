@@ -69,7 +69,7 @@ def enqueue_purchase(
     settings = settings or get_settings()
     payload = validate_purchase(event, settings)
     values = {"event": payload["event"], "orderid": payload["orderid"],
-              "payload": canonical_json(payload)}
+              "payload": canonical_json(payload), "validated": True}
     conn = session.connection()
     dialect = conn.dialect.name
     if dialect == "postgresql" and _snapshot_isolation(conn):
@@ -140,7 +140,7 @@ def _insert_unless_present(dialect: str) -> sa.Executable:
     round trip.
     """
     params: dict[str, Any] = {name: sa.bindparam(name) for name in ("event", "orderid",
-                                                                     "payload")}
+                                                                     "payload", "validated")}
     if dialect == "postgresql":
         return (postgresql.insert(_table).values(params)
                 .on_conflict_do_nothing(index_elements=["event", "orderid"])

@@ -112,6 +112,9 @@ class OutboxEvent(Base):
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # Set when an operator re-queues the row (retry, resend): the retry window starts again.
     requeued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # True only when enqueue_purchase wrote the payload, after validating it: the worker sends
+    # such a row's stored JSON as it is. Plain SQL leaves it false, so the worker validates.
+    validated: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
 
     attempts_made: Mapped[list[AttemptEvent]] = relationship(
         back_populates="outbox_event", viewonly=True

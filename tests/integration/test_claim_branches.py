@@ -57,7 +57,7 @@ def test_a_claim_halted_by_a_429_mid_split_hands_the_other_half_back_unsent(
     dispatcher = make_dispatcher(database_url, api, batch_size=4)
     seed(engine, ["HL-1", "HL-2", "HL-3", "HL-4"], dispatcher.settings)
     api.state.set_faults(Faults(reject_orderids=["HL-1"]))
-    track = dispatcher.client.track
+    track = dispatcher.client.track_json
 
     def then_throttled(events: Any) -> Accepted:
         try:
@@ -65,7 +65,7 @@ def test_a_claim_halted_by_a_429_mid_split_hands_the_other_half_back_unsent(
         finally:  # after the 400 that splits the batch, Spotler starts throttling
             api.state.set_faults(Faults(rate_limit_seconds=30))
 
-    monkeypatch.setattr(dispatcher.client, "track", then_throttled)
+    monkeypatch.setattr(dispatcher.client, "track_json", then_throttled)
     report = dispatcher.run_once()
     assert report.rate_limited
     assert [r["status"] for r in api.state.request_log()] == [400, 429]  # not the other half
@@ -83,7 +83,7 @@ def test_a_claim_that_lost_part_of_its_rows_before_sending_sends_nothing_more(
                                  connect_timeout=0.5, read_timeout=1.5)
     seed(engine, ["PL-1", "PL-2", "PL-3", "PL-4"], dispatcher.settings)
     api.state.set_faults(Faults(reject_orderids=["PL-1"]))
-    track = dispatcher.client.track
+    track = dispatcher.client.track_json
 
     def first_request_then_a_theft(events: Any) -> Accepted:
         try:
@@ -93,7 +93,7 @@ def test_a_claim_that_lost_part_of_its_rows_before_sending_sends_nothing_more(
                           if row(engine, o).claim_token != "thief")
             steal(engine, stolen)
 
-    monkeypatch.setattr(dispatcher.client, "track", first_request_then_a_theft)
+    monkeypatch.setattr(dispatcher.client, "track_json", first_request_then_a_theft)
     report = dispatcher.run_once()
     assert report.lost_claims == 1 and report.requests == 1
     assert len(api.state.request_log()) == 1  # nothing sent once the claim was incomplete
@@ -111,14 +111,14 @@ def test_rows_sent_after_their_claim_passed_to_another_worker_are_not_marked_by_
 ) -> None:
     dispatcher = make_dispatcher(database_url, api, batch_size=2)
     seed(engine, ["LC-1", "LC-2"], dispatcher.settings)
-    track = dispatcher.client.track
+    track = dispatcher.client.track_json
 
     def sent_while_the_lease_passed(events: Any) -> Accepted:
         accepted = track(events)
         steal(engine, "LC-2")  # Spotler took it; meanwhile another worker claimed it
         return accepted
 
-    monkeypatch.setattr(dispatcher.client, "track", sent_while_the_lease_passed)
+    monkeypatch.setattr(dispatcher.client, "track_json", sent_while_the_lease_passed)
     with caplog.at_level(logging.ERROR):
         report = dispatcher.run_once()
     assert (report.delivered, report.lost_claims) == (1, 1)

@@ -229,6 +229,26 @@ def test_a_partial_answer_to_a_one_event_request_parks_that_event_with_the_reaso
     assert "Q1-2" not in api.state.received()["orderids"]
 
 
+def test_a_row_enqueue_validated_is_sent_as_stored_and_a_plain_sql_row_is_validated_first(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api)
+    seed(engine, ["V-1"], dispatcher.settings)
+    # The same text for both rows: one validation would change (it upper-cases a country).
+    stored = json.dumps(purchase("V-1", country="nl"))
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE outbox_events SET payload = :p WHERE orderid = 'V-1'"),
+                     {"p": stored})
+    insert_raw(engine, "V-2", stored.replace('"V-1"', '"V-2"'))
+    with engine.connect() as conn:
+        flags = dict(conn.execute(sa.text(
+            "SELECT orderid, validated FROM outbox_events")).all())
+    assert {k: bool(v) for k, v in flags.items()} == {"V-1": True, "V-2": False}
+    drain(dispatcher)
+    assert api.state.events_for("V-1")[0]["country"] == "nl"
+    assert api.state.events_for("V-2")[0]["country"] == "NL"
+
+
 @pytest.mark.parametrize("payload, reason", [
     ("{not json", "payload: not valid JSON"),
     (json.dumps({"event": "Purchase", "orderid": "X-2", "products": []}), "email: is required"),
@@ -352,7 +372,7 @@ def test_an_unexpected_error_mid_claim_hands_every_row_back_without_an_attempt(
     def explode(events: object) -> object:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(dispatcher.client, "track", explode)
+    monkeypatch.setattr(dispatcher.client, "track_json", explode)
     with pytest.raises(RuntimeError):
         dispatcher.run_once()
     for orderid in ("U-1", "U-2"):

@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import sqlalchemy as sa
 
@@ -26,7 +26,7 @@ from spotler_outbox.worker.spotler.errors import DeliveryError
 
 log = logging.getLogger("spotler_outbox.dispatch")
 
-Item = tuple[ClaimedRow, dict[str, Any]]
+Item = tuple[ClaimedRow, str]  # the row and the JSON text of its event
 T = TypeVar("T")
 LEASE_MARGIN_SECONDS = 5.0
 
@@ -91,7 +91,7 @@ class Claim:
         error: DeliveryError | None = None
         accepted: Accepted | None = None
         try:
-            accepted = self.ctx.client.track([event for _, event in items])
+            accepted = self.ctx.client.track_json([event for _, event in items])
         except DeliveryError as e:
             error = e
         duration_ms = round((time.perf_counter() - t0) * 1000)
