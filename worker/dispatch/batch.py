@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
@@ -29,14 +30,25 @@ log = logging.getLogger("spotler_outbox.dispatch")
 Item = tuple[ClaimedRow, str]  # the row and the JSON text of its event
 T = TypeVar("T")
 LEASE_MARGIN_SECONDS = 5.0
+# Answers after which this claim sends nothing more and dispatch goes on.
+_FINAL_AND_GOING_ON = (Act.DELIVER, Act.RETRY, Act.PARK)
 
 
 class Claim:
     """The rows one claim token holds, until each is settled or handed back."""
 
     def __init__(self, ctx: DispatchContext, token: str, lease_until: dt.datetime,
-                 report: DispatchReport, rows: Sequence[ClaimedRow]) -> None:
+                 report: DispatchReport, rows: Sequence[ClaimedRow], *,
+                 after: Claim | None = None, stopping: threading.Event | None = None) -> None:
         self.ctx = ctx
+        # Claimed ahead while `after` is in flight: this claim sends only once `after` has its
+        # answer, and not at all if that answer halted dispatch or the worker is stopping.
+        self.after = after
+        self.stopping = stopping
+        # Set once this claim sends no more requests, or its one request's answer is final and
+        # lets dispatch go on: the claim after it may send from then on.
+        self.answered = threading.Event()
+        self.crashed = False
         self.token = token
         self.lease_until = lease_until
         self.report = report
@@ -52,11 +64,37 @@ class Claim:
         """Park the rows that cannot be sent, send the rest; no row stays claimed for nothing."""
         try:
             items = self._park_unsendable()
-            if items:
+            if items and self._my_turn():
                 self._send(items)
         except BaseException:
+            self.crashed = True
             self._hand_back("not sent: the worker hit an unexpected error")
             raise
+        finally:
+            self.answered.set()
+
+    @property
+    def stops_dispatch(self) -> bool:
+        """Paused, rate limited or crashed: the claim after this one must not send."""
+        return self.report.paused or self.report.rate_limited or self.crashed
+
+    def _my_turn(self) -> bool:
+        """Wait for the claim ahead's answer, no longer than this claim's lease allows."""
+        if self.after is not None:
+            needed = self._needed_for_a_request()
+            left = (self.lease_until - self.ctx.clock()).total_seconds() - needed
+            if not self.after.answered.wait(max(0.0, left)):
+                self._hand_back("not sent: claimed ahead, but the request before it took "
+                                "too long; due again now")
+                return False
+            if self.after.stops_dispatch:
+                self._hand_back("not sent: dispatch halted by the answer to the request "
+                                "before it; due again now")
+                return False
+        if self.stopping is not None and self.stopping.is_set():
+            self._hand_back("not sent: the worker is stopping; due again now")
+            return False
+        return True
 
     def _park_unsendable(self) -> list[Item]:
         items: list[Item] = []
@@ -97,6 +135,8 @@ class Claim:
         duration_ms = round((time.perf_counter() - t0) * 1000)
         self.report.requests += 1
         decision = decide(error, events=len(items), credentials=self.credentials)
+        if self.report.requests == 1 and decision.act in _FINAL_AND_GOING_ON:
+            self.answered.set()  # the claim after this one may send while this one settles
         if decision.act is Act.VERIFY_CREDENTIALS:
             self.credentials = self._ask_verify_auth()
             decision = decide(error, events=len(items), credentials=self.credentials)
@@ -123,10 +163,14 @@ class Claim:
             return Credentials.REFUSED
         return Credentials.WORK
 
+    def _needed_for_a_request(self) -> float:
+        settings = self.ctx.settings
+        return settings.connect_timeout + settings.read_timeout + LEASE_MARGIN_SECONDS
+
     def _lease_covers_a_request(self) -> bool:
         now = self.ctx.clock()
         settings = self.ctx.settings
-        needed = settings.connect_timeout + settings.read_timeout + LEASE_MARGIN_SECONDS
+        needed = self._needed_for_a_request()
         if (self.lease_until - now).total_seconds() >= needed:
             return True
         lease_until = now + dt.timedelta(seconds=settings.lease_seconds)
