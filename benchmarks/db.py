@@ -172,6 +172,7 @@ class ServerWork:
         self.postgres = is_postgres(engine)
         self.seen: set[int] = set()  # MariaDB: every thread seen serving any connection
         self.mine: set[int] = set()
+        self._baselined = False
 
     def note(self, conn: sa.Connection) -> None:
         if not self.postgres:
@@ -200,6 +201,12 @@ class ServerWork:
         if self.postgres:
             return self._pg("datname = current_database()")
         pid, tids = self._maria()
+        if not self._baselined:
+            # At the start, every thread: MariaDB hands a connection opened mid-run (a sender
+            # thread's) a cached thread that may have served others for minutes; it must
+            # count from now, not from its creation.
+            self._baselined = True
+            return [f"/proc/{pid}/task/{t}/stat" for t in tids]
         return [f"/proc/{pid}/task/{t}/stat" for t in tids if t in self.mine]
 
     def background(self) -> list[str]:
