@@ -19,10 +19,12 @@ API_KEY = "test-key-do-not-log-7f3a9c"
 
 
 def delivery_settings(database_url: str, api_url: str, **overrides: Any) -> Settings:
+    # A lease of 12 s covers two requests of 1 + 2 s and the margin: the dispatch loop claims
+    # ahead (pipelines) as it does with the defaults.
     values: dict[str, Any] = {
         "database_url": database_url, "api_url": api_url, "account": ACCOUNT,
         "api_key": API_KEY, "wakeup_enabled": False, "connect_timeout": 1.0,
-        "read_timeout": 2.0, "lease_seconds": 10.0, "backoff_base": 0.05, "backoff_cap": 0.2,
+        "read_timeout": 2.0, "lease_seconds": 12.0, "backoff_base": 0.05, "backoff_cap": 0.2,
         "auth_recheck_interval": 0.2,
     }
     values.update(overrides)
