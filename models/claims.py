@@ -210,7 +210,9 @@ def park(
              "http_status": http_status} for row_id, reason in reasons])
 
 
-_INSERT_ATTEMPT = attempts_table.insert().returning(attempts_table.c.id)
+# No RETURNING: the new id comes from RETURNING where the dialect has it, else from lastrowid
+# (MySQL 8).
+_INSERT_ATTEMPT = attempts_table.insert()
 _INSERT_ATTEMPT_EVENT = attempt_events.insert()
 
 
@@ -222,7 +224,7 @@ def record_attempt(
         "event_count": record.event_count, "http_status": record.http_status,
         "outcome": record.outcome, "error_class": record.error_class,
         "response_excerpt": record.response_excerpt, "worker": record.worker,
-    }).scalar_one()
+    }).inserted_primary_key[0]
     conn.execute(_INSERT_ATTEMPT_EVENT, [
         {"attempt_id": attempt_id, "outbox_event_id": r.id, "attempt_number": r.attempts}
         for r in rows

@@ -7,27 +7,26 @@ from functools import cache
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from spotler_outbox.models import wakeup
 from spotler_outbox.models.settings import Settings, get_settings
 from spotler_outbox.models.tables import OutboxEvent
 from spotler_outbox.models.validation import canonical_json, validate_purchase
 
-_WAKEUP_FLAG = "spotler_outbox_wakeup"
-_LISTENING = "spotler_outbox_listening"
+MYSQL_FAMILY = ("mysql", "mariadb")
 _table = cast(sa.Table, OutboxEvent.__table__)
+SessionLike = Session | scoped_session[Any] | sa.Connection
 
 
 class EnqueueResult:
     """The outbox row for the order; `created` is False when the orderid was already there."""
 
-    __slots__ = ("_row", "_session", "created", "id")
+    __slots__ = ("_conn", "_row", "created", "id")
 
-    def __init__(self, session: Session, row_id: int, created: bool) -> None:
-        self._session = session
+    def __init__(self, conn: sa.Connection, row_id: int, created: bool) -> None:
+        self._conn = conn
         self._row: OutboxEvent | None = None
         self.id = row_id
         self.created = created
@@ -38,43 +37,65 @@ class EnqueueResult:
 
     @property
     def row(self) -> OutboxEvent:
-        """The ORM row, loaded on first use: most callers need only `created`."""
+        """The ORM row, loaded on first use (in the caller's transaction): most callers need
+        only `created`."""
         if self._row is None:
             load = sa.select(OutboxEvent).where(OutboxEvent.id == self.id)
-            if self._session.get_bind().dialect.name in ("mysql", "mariadb"):
-                load = load.with_for_update(read=True)  # see _find_existing
-            self._row = self._session.execute(load).scalar_one()
+            if self._conn.dialect.name in MYSQL_FAMILY:
+                load = load.with_for_update(read=True)  # see find_existing_statement
+            self._row = Session(bind=self._conn).execute(load).scalar_one()
         return self._row
 
 
+def outbox_values(event: Mapping[str, Any], settings: Settings) -> dict[str, str]:
+    """The validated row's column values; raises InvalidEvent naming every bad field."""
+    payload = validate_purchase(event, settings)
+    return {"event": payload["event"], "orderid": payload["orderid"],
+            "payload": canonical_json(payload)}
+
+
 def enqueue_purchase(
-    session: Session, event: Mapping[str, Any], *, settings: Settings | None = None
+    session: SessionLike, event: Mapping[str, Any], *, settings: Settings | None = None
 ) -> EnqueueResult:
     """Validate `event` and add it to the outbox inside the caller's transaction.
 
-    Nothing is committed here: the order and its event commit or roll back together. A second
-    enqueue of the same orderid (even from a concurrent transaction) returns the existing row;
-    it never raises on the duplicate and never aborts the caller's transaction.
-    Raises InvalidEvent, naming every bad field, before touching the database.
+    `session` is a SQLAlchemy Session, a scoped_session (Flask-SQLAlchemy's `db.session`) or a
+    Connection. Nothing is committed here: the order and its event commit or roll back
+    together. A second enqueue of the same orderid (even from a concurrent transaction) returns
+    the existing row; it never raises on the duplicate and never aborts the caller's
+    transaction. Raises InvalidEvent, naming every bad field, before touching the database.
     """
     settings = settings or get_settings()
-    payload = validate_purchase(event, settings)
-    values = {"event": payload["event"], "orderid": payload["orderid"],
-              "payload": canonical_json(payload)}
-    conn = session.connection()
+    values = outbox_values(event, settings)
+    conn = session if isinstance(session, sa.Connection) else session.connection()
     dialect = conn.dialect.name
-    inserted_id: int | None = conn.execute(_insert_unless_present(dialect), values).scalar()
+    inserted_id = insert_unless_present(conn, values)
     if inserted_id is None:
-        existing_id: int = conn.execute(_find_existing(dialect), values).scalar_one()
-        return EnqueueResult(session, existing_id, created=False)
+        existing_id: int = conn.execute(find_existing_statement(dialect), values).scalar_one()
+        return EnqueueResult(conn, existing_id, created=False)
     if settings.wakeup_enabled:
-        _wake_workers_after_commit(session, settings)
-    return EnqueueResult(session, inserted_id, created=True)
+        if isinstance(session, sa.Connection):
+            wakeup.wake_after_connection_commit(session, settings.broker_url)
+        else:
+            wakeup.wake_after_session_commit(session, settings.broker_url)
+    return EnqueueResult(conn, inserted_id, created=True)
+
+
+def insert_unless_present(conn: sa.Connection, values: Mapping[str, str]) -> int | None:
+    """Insert the row; its new id, or None when (event, orderid) is already there."""
+    dialect = conn.dialect.name
+    result = conn.execute(insert_statement(dialect), values)
+    if dialect in MYSQL_FAMILY:
+        # No RETURNING (MySQL 8 lacks it): INSERT IGNORE reports a duplicate as 0 rows, and
+        # the new id comes back with the OK packet, in the same round trip.
+        return int(result.lastrowid) if result.rowcount == 1 else None
+    inserted: int | None = result.scalar()
+    return inserted
 
 
 @cache
-def _insert_unless_present(dialect: str) -> sa.Executable:
-    """An INSERT that yields the new id, or nothing when (event, orderid) exists.
+def insert_statement(dialect: str) -> sa.Insert:
+    """An INSERT that adds the row, or nothing when (event, orderid) exists.
 
     The database resolves the race between two transactions: the second waits for the first
     and then inserts nothing, instead of failing with an IntegrityError that would poison the
@@ -91,35 +112,18 @@ def _insert_unless_present(dialect: str) -> sa.Executable:
         return (sqlite.insert(_table).values(params)
                 .on_conflict_do_nothing(index_elements=["event", "orderid"])
                 .returning(_table.c.id))
-    # MariaDB: INSERT IGNORE returns no row for a duplicate; values are validated and bounded,
-    # so the other errors IGNORE would downgrade cannot occur here.
-    return mysql.insert(_table).values(params).prefix_with("IGNORE").returning(_table.c.id)
+    # MySQL and MariaDB: INSERT IGNORE inserts nothing for a duplicate; values are validated
+    # and bounded, so the other errors IGNORE would downgrade cannot occur here.
+    return mysql.insert(_table).values(params).prefix_with("IGNORE")
 
 
 @cache
-def _find_existing(dialect: str) -> sa.Select[Any]:
+def find_existing_statement(dialect: str) -> sa.Select[Any]:
     find = sa.select(_table.c.id).where(_table.c.event == sa.bindparam("event"),
                                         _table.c.orderid == sa.bindparam("orderid"))
-    if dialect in ("mysql", "mariadb"):
+    if dialect in MYSQL_FAMILY:
         # Under REPEATABLE READ (MariaDB's default) INSERT IGNORE sees a row another
         # transaction committed after our snapshot, but a plain SELECT does not: read the
         # latest version, as the insert did.
         find = find.with_for_update(read=True)
     return find
-
-
-def _wake_workers_after_commit(session: Session, settings: Settings) -> None:
-    session.info[_WAKEUP_FLAG] = settings.broker_url
-    if session.info.get(_LISTENING):
-        return
-    session.info[_LISTENING] = True
-
-    @sa_event.listens_for(session, "after_commit")
-    def _after_commit(committed: Session) -> None:
-        broker_url = committed.info.pop(_WAKEUP_FLAG, None)
-        if broker_url:
-            wakeup.request_dispatch(broker_url)
-
-    @sa_event.listens_for(session, "after_rollback")
-    def _after_rollback(rolled_back: Session) -> None:
-        rolled_back.info.pop(_WAKEUP_FLAG, None)
