@@ -65,9 +65,12 @@ def check(sql: Any) -> None:
 
 
 def install() -> None:
-    """Check every statement PyMySQL sends, in this process."""
+    """Check every statement PyMySQL sends, in this process; and let SQLAlchemy's dialect
+    see the MariaDB server as it would see MySQL 8 (no RETURNING, no sequences), so code of
+    the tests' own (a shop's Alembic, say) is not refused for what SQLAlchemy alone chose."""
     try:
         from pymysql import cursors
+        from sqlalchemy.dialects.mysql.base import MySQLDialect
     except ImportError:
         return
     if getattr(cursors.Cursor, "_mysql8_guarded", False):
@@ -85,3 +88,12 @@ def install() -> None:
     cursors.Cursor.execute = guarded_execute  # type: ignore[method-assign]
     cursors.Cursor.executemany = guarded_executemany  # type: ignore[method-assign]
     cursors.Cursor._mysql8_guarded = True  # type: ignore[attr-defined]
+
+    initialize = MySQLDialect.initialize
+
+    def initialize_as_mysql8(self: Any, connection: Any) -> None:
+        initialize(self, connection)
+        self.insert_returning = self.delete_returning = self.update_returning = False
+        self.supports_sequences = False
+
+    MySQLDialect.initialize = initialize_as_mysql8  # type: ignore[method-assign]

@@ -4,6 +4,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests import mysql8_guard  # noqa: E402
+from tests import mysql8_guard
 
 mysql8_guard.install()
