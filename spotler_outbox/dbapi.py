@@ -16,19 +16,10 @@ once per driver from the same table), so a duplicate orderid is a no-op on every
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import cache
 from typing import Any, NamedTuple
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql, sqlite
-
 from spotler_outbox.models import wakeup
-from spotler_outbox.models.enqueue import (
-    MYSQL_FAMILY,
-    find_existing_statement,
-    insert_statement,
-    outbox_values,
-)
+from spotler_outbox.models.enqueue import MYSQL_FAMILY, compiled_statements, outbox_values
 from spotler_outbox.models.errors import ConfigurationError
 from spotler_outbox.models.settings import Settings, get_settings
 
@@ -86,20 +77,6 @@ def enqueue_with_cursor(cursor: Any, dialect: str, values: Mapping[str, str]) ->
             return Enqueued(int(row[0]), True)
     cursor.execute(find, values)
     return Enqueued(int(cursor.fetchone()[0]), False)
-
-
-@cache
-def compiled_statements(dialect: str) -> tuple[str, str]:
-    """(insert, find existing) as SQL text in the driver's named parameter style."""
-    target: sa.Dialect
-    if dialect == "postgresql":
-        target = postgresql.base.PGDialect(paramstyle="pyformat")  # type: ignore[no-untyped-call]
-    elif dialect in MYSQL_FAMILY:
-        target = mysql.base.MySQLDialect(paramstyle="pyformat")
-    else:
-        target = sqlite.base.SQLiteDialect(paramstyle="named")
-    return (str(insert_statement(dialect).compile(dialect=target)),
-            str(find_existing_statement(dialect).compile(dialect=target)))
 
 
 def _dialect_of(connection: Any) -> str:
