@@ -23,9 +23,11 @@ SessionLike = Session | scoped_session[Any] | sa.Connection
 class EnqueueResult:
     """The outbox row for the order; `created` is False when the orderid was already there."""
 
-    __slots__ = ("_conn", "_row", "created", "id")
+    __slots__ = ("_conn", "_row", "_session", "created", "id")
 
-    def __init__(self, conn: sa.Connection, row_id: int, created: bool) -> None:
+    def __init__(self, session: SessionLike, conn: sa.Connection, row_id: int,
+                 created: bool) -> None:
+        self._session = None if isinstance(session, sa.Connection) else session
         self._conn = conn
         self._row: OutboxEvent | None = None
         self.id = row_id
@@ -43,7 +45,8 @@ class EnqueueResult:
             load = sa.select(OutboxEvent).where(OutboxEvent.id == self.id)
             if self._conn.dialect.name in MYSQL_FAMILY:
                 load = load.with_for_update(read=True)  # see find_existing_statement
-            self._row = Session(bind=self._conn).execute(load).scalar_one()
+            session = self._session or Session(bind=self._conn)
+            self._row = session.execute(load).scalar_one()
         return self._row
 
 
@@ -73,13 +76,13 @@ def enqueue_purchase(
     if inserted_id is None:
         existing_id: int = conn.exec_driver_sql(compiled_statements(dialect)[1],
                                                 values).scalar_one()
-        return EnqueueResult(conn, existing_id, created=False)
+        return EnqueueResult(session, conn, existing_id, created=False)
     if settings.wakeup_enabled:
         if isinstance(session, sa.Connection):
             wakeup.wake_after_connection_commit(session, settings.broker_url)
         else:
             wakeup.wake_after_session_commit(session, settings.broker_url)
-    return EnqueueResult(conn, inserted_id, created=True)
+    return EnqueueResult(session, conn, inserted_id, created=True)
 
 
 def insert_unless_present(conn: sa.Connection, values: Mapping[str, str]) -> int | None:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from spotler_outbox.models.database import make_engine
 from tests import mysql8_guard
@@ -87,11 +86,30 @@ def test_a_process_the_tests_start_runs_under_the_guard_too() -> None:
 
 
 def test_on_mariadb_the_outbox_engine_turns_returning_off_as_mysql_8_has_none() -> None:
-    # The dialect speaks MySQL 8 on MariaDB: asking it for RETURNING is refused at compile time.
-    engine = make_engine(server_url("mariadb"))
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-            assert not conn.dialect.insert_returning
-    finally:
-        engine.dispose()
+    """Outside the guard (which does the same to every engine in the tests), in production:
+    SQLAlchemy would otherwise use RETURNING on MariaDB on its own, e.g. in ORM flushes."""
+    script = ("import sys\n"
+              "from spotler_outbox.models.database import make_engine\n"
+              "import sqlalchemy as sa\n"
+              "for engine in (make_engine(sys.argv[1]), sa.create_engine(sys.argv[1])):\n"
+              "    with engine.connect() as conn:\n"
+              "        print(conn.dialect.insert_returning, conn.dialect.delete_returning)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script, server_url("mariadb")], env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    # The outbox's engine / a plain engine (the control: MariaDB 10.5+ has RETURNING).
+    assert done.stdout.split("\n")[:2] == ["False False", "True True"]
+
+
+def test_a_mysql_url_without_a_driver_is_one_line_naming_mysql_pymysql(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from spotler_outbox.worker.console.cli import main
+
+    monkeypatch.setenv("OUTBOX_DATABASE_URL", "mysql://shop:secret@db.example/shop")
+    code = main(["migrate"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "mysql+pymysql://" in err
+    assert "secret" not in err
