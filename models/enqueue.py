@@ -21,21 +21,33 @@ SessionLike = Session | scoped_session[Any] | sa.Connection
 
 
 class EnqueueResult:
-    """The outbox row for the order; `created` is False when the orderid was already there."""
+    """The outbox row for the order; `created` is False when the orderid was already there.
 
-    __slots__ = ("_conn", "_row", "_session", "created", "id")
+    `id` and `row` are read on first use, in the caller's transaction (use them before it
+    ends): most callers need only `created`, and the enqueue stays one round trip.
+    """
 
-    def __init__(self, session: SessionLike, conn: sa.Connection, row_id: int,
-                 created: bool) -> None:
+    __slots__ = ("_conn", "_id", "_row", "_session", "_values", "created")
+
+    def __init__(self, session: SessionLike, conn: sa.Connection, values: Mapping[str, str],
+                 created: bool, row_id: int | None = None) -> None:
         self._session = None if isinstance(session, sa.Connection) else session
         self._conn = conn
+        self._values = values
+        self._id = row_id
         self._row: OutboxEvent | None = None
-        self.id = row_id
         self.created = created
 
     @property
     def duplicate(self) -> bool:
         return not self.created
+
+    @property
+    def id(self) -> int:
+        if self._id is None:
+            find = compiled_statements(self._conn.dialect.name)[1]
+            self._id = int(self._conn.exec_driver_sql(find, dict(self._values)).scalar_one())
+        return self._id
 
     @property
     def row(self) -> OutboxEvent:
@@ -72,37 +84,28 @@ def enqueue_purchase(
     values = outbox_values(event, settings)
     conn = session if isinstance(session, sa.Connection) else session.connection()
     dialect = conn.dialect.name
-    inserted_id = insert_unless_present(conn, values)
-    if inserted_id is None:
-        existing_id: int = conn.exec_driver_sql(compiled_statements(dialect)[1],
-                                                values).scalar_one()
-        return EnqueueResult(session, conn, existing_id, created=False)
+    # The SQL text compiled once: the statement cache lookup cost more than the rest of the
+    # call but the round trip; no RETURNING either, which cost as much again
+    # (benchmarks/enqueue_cost.py). Connection events still fire.
+    result = conn.exec_driver_sql(compiled_statements(dialect)[0], values)
+    # ON CONFLICT DO NOTHING / INSERT IGNORE report a duplicate as 0 rows.
+    if result.rowcount != 1:
+        return EnqueueResult(session, conn, values, created=False)
     if settings.wakeup_enabled:
         if isinstance(session, sa.Connection):
             wakeup.wake_after_connection_commit(session, settings.broker_url)
         else:
             wakeup.wake_after_session_commit(session, settings.broker_url)
-    return EnqueueResult(session, conn, inserted_id, created=True)
-
-
-def insert_unless_present(conn: sa.Connection, values: Mapping[str, str]) -> int | None:
-    """Insert the row; its new id, or None when (event, orderid) is already there."""
-    dialect = conn.dialect.name
-    # The SQL text compiled once: the statement cache lookup cost more than the rest of the
-    # call but the round trip (benchmarks/enqueue_cost.py). Connection events still fire.
-    result = conn.exec_driver_sql(compiled_statements(dialect)[0], values)
-    if dialect in MYSQL_FAMILY:
-        # No RETURNING (MySQL 8 lacks it): INSERT IGNORE reports a duplicate as 0 rows, and
-        # the new id comes back with the OK packet, in the same round trip.
-        return int(result.lastrowid) if result.rowcount == 1 else None
-    inserted: int | None = result.scalar()
-    return inserted
+    # MySQL and MariaDB send the new id with the OK packet: free. Elsewhere read on demand.
+    new_id = int(result.lastrowid) if dialect in MYSQL_FAMILY else None
+    return EnqueueResult(session, conn, values, created=True, row_id=new_id)
 
 
 @cache
-def compiled_statements(dialect: str) -> tuple[str, str]:
+def compiled_statements(dialect: str, returning: bool = False) -> tuple[str, str]:
     """(insert, find existing) as SQL text, parameters named in the driver's style: pyformat
-    for psycopg, PyMySQL and mysqlclient, named for sqlite3."""
+    for psycopg, PyMySQL and mysqlclient, named for sqlite3. With `returning`, the insert
+    yields the new id where the database has RETURNING (not MySQL: there, lastrowid)."""
     target: sa.Dialect
     if dialect == "postgresql":
         target = postgresql.base.PGDialect(paramstyle="pyformat")  # type: ignore[no-untyped-call]
@@ -110,7 +113,10 @@ def compiled_statements(dialect: str) -> tuple[str, str]:
         target = mysql.base.MySQLDialect(paramstyle="pyformat")
     else:
         target = sqlite.base.SQLiteDialect(paramstyle="named")
-    return (str(insert_statement(dialect).compile(dialect=target)),
+    insert = insert_statement(dialect)
+    if returning and dialect not in MYSQL_FAMILY:
+        insert = insert.returning(_table.c.id)
+    return (str(insert.compile(dialect=target)),
             str(find_existing_statement(dialect).compile(dialect=target)))
 
 
@@ -127,12 +133,10 @@ def insert_statement(dialect: str) -> sa.Insert:
                                                                      "payload")}
     if dialect == "postgresql":
         return (postgresql.insert(_table).values(params)
-                .on_conflict_do_nothing(index_elements=["event", "orderid"])
-                .returning(_table.c.id))
+                .on_conflict_do_nothing(index_elements=["event", "orderid"]))
     if dialect == "sqlite":
         return (sqlite.insert(_table).values(params)
-                .on_conflict_do_nothing(index_elements=["event", "orderid"])
-                .returning(_table.c.id))
+                .on_conflict_do_nothing(index_elements=["event", "orderid"]))
     # MySQL and MariaDB: INSERT IGNORE inserts nothing for a duplicate; values are validated
     # and bounded, so the other errors IGNORE would downgrade cannot occur here.
     return mysql.insert(_table).values(params).prefix_with("IGNORE")

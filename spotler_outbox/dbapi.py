@@ -65,7 +65,7 @@ def wake_workers(*, settings: Settings | None = None) -> None:
 
 def enqueue_with_cursor(cursor: Any, dialect: str, values: Mapping[str, str]) -> Enqueued:
     """The insert, and the lookup of the existing row on a duplicate, on a DB-API cursor."""
-    insert, find = compiled_statements(dialect)
+    insert, find = compiled_statements(dialect, returning=True)
     cursor.execute(insert, values)
     if dialect in MYSQL_FAMILY:
         # No RETURNING on MySQL 8: IGNORE reports a duplicate as 0 rows.
