@@ -88,6 +88,24 @@ def test_a_connection_is_accepted_and_its_transaction_decides(engine: Engine,
     assert statuses(engine) == {"C-1": "pending"}
 
 
+def test_enqueues_through_connections_register_no_listener_per_call(tmp_root: Path) -> None:
+    redis_or_skip()
+    url = empty_database("sqlite", tmp_root)
+    engine = make_engine(url)
+    settings = Settings(database_url=url, broker_url=REDIS_URL, wakeup_enabled=True)
+
+    def engine_listeners() -> int:
+        return len(engine.dispatch.commit) + len(engine.dispatch.rollback)
+
+    counts = []
+    for n in range(300):
+        with engine.begin() as conn:
+            enqueue_purchase(conn, purchase(f"L-{n}"), settings=settings)
+        counts.append(engine_listeners())
+    assert counts[0] == counts[-1] <= 2
+    engine.dispose()
+
+
 def test_a_scoped_session_is_accepted_and_its_transaction_decides(engine: Engine,
                                                                   settings: Settings) -> None:
     db_session = scoped_session(sessionmaker(engine))
