@@ -30,7 +30,11 @@ def django_project() -> Iterator[None]:
     import django
 
     os.environ["DJANGO_SETTINGS_MODULE"] = "tests.django_shop.settings"
-    django.setup()
+    try:
+        django.setup()  # reads the settings now
+    finally:
+        # Not inherited by the processes later tests start: Celery would load Django for it.
+        del os.environ["DJANGO_SETTINGS_MODULE"]
     yield
     from django.db import connections
 

@@ -106,6 +106,8 @@ def test_a_mysql_url_without_a_driver_is_one_line_naming_mysql_pymysql(
 ) -> None:
     from spotler_outbox.worker.console.cli import main
 
+    # The Django test shop installs PyMySQL as MySQLdb; a shop without mysqlclient has none.
+    monkeypatch.delitem(sys.modules, "MySQLdb", raising=False)
     monkeypatch.setenv("OUTBOX_DATABASE_URL", "mysql://shop:secret@db.example/shop")
     code = main(["migrate"])
     err = capsys.readouterr().err
