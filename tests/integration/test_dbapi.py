@@ -16,8 +16,10 @@ from spotler_outbox import InvalidEvent, dbapi
 from spotler_outbox.models.database import make_engine
 from spotler_outbox.models.errors import ConfigurationError
 from spotler_outbox.models.settings import Settings
+from spotler_outbox.worker.fake_spotler.server import RunningFakeApi
 from tests.conftest import empty_database, purchase
 from tests.integration.fixtures import statuses
+from tests.integration.workers import REDIS_URL, running_worker, wait_for, worker_environment
 
 
 def connect(backend: str, url: str) -> Any:
@@ -76,3 +78,23 @@ def test_an_unknown_connection_type_is_refused_by_name() -> None:
     with pytest.raises(ConfigurationError, match="not a supported connection"):
         dbapi.enqueue_purchase(object(), purchase("D-4"), settings=Settings(
             wakeup_enabled=False))
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_wake_workers_after_a_raw_commit_gets_the_order_delivered_without_a_sweeper(
+    backend: str, tmp_root: Path, api: RunningFakeApi, broker: object, tmp_path: Path,
+) -> None:
+    url = empty_database(backend, tmp_root)
+    settings = Settings(database_url=url, broker_url=REDIS_URL, wakeup_enabled=True)
+    engine = make_engine(url)
+    with running_worker("raw", worker_environment(url, api.url), tmp_path, beat=False):
+        conn = connect(backend, url)
+        try:
+            dbapi.enqueue_purchase(conn, purchase("D-woken"), settings=settings)
+            conn.commit()
+        finally:
+            conn.close()
+        dbapi.wake_workers(settings=settings)
+        wait_for(lambda: statuses(engine).get("D-woken") == "delivered", 20, "the delivery")
+    assert api.state.received()["orderids"] == {"D-woken": 1}
+    engine.dispose()
