@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from spotler_outbox.models.clock import utc_now
 from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.metrics_queries import read_snapshot
+from spotler_outbox.models.settings import reset_settings
 from spotler_outbox.worker.console.cli import main
 from tests.conftest import purchase
+from tests.integration.fixtures import seed_row
 from tests.integration.roles import role_urls
 
 SHOP_TABLE = "shop_orders"
@@ -85,3 +90,26 @@ def test_a_user_name_that_is_not_a_plain_sql_name_is_refused(
     monkeypatch.setenv("OUTBOX_DATABASE_URL", "postgresql+psycopg://u@h/shop")
     assert main(["grants", "--worker", "w'; DROP TABLE orders; --"]) == 2
     assert "--worker" in capsys.readouterr().err
+
+
+def test_the_operator_user_can_run_the_operators_commands(
+    server_database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    seed_row(make_engine(server_database_url), "OP-1", status="failed", last_error="boom")
+    monkeypatch.setenv("OUTBOX_DATABASE_URL", role_urls(server_database_url)["operator"])
+    orders = tmp_path / "orders.jsonl"
+    orders.write_text(json.dumps(purchase("OP-2")) + "\n")
+    for argv in (["status"], ["list"], ["show", "OP-1"], ["retry", "OP-1"], ["import", str(orders)],
+                 ["purge", "--delivered-before", "1d"]):
+        reset_settings()
+        assert main(argv) == 0, argv
+
+
+def test_the_worker_user_can_read_what_the_metrics_exporter_reads(
+    server_database_url: str,
+) -> None:
+    engine = as_user(server_database_url, "worker")
+    with engine.connect() as conn:
+        snapshot = read_snapshot(conn, utc_now())
+    engine.dispose()
+    assert snapshot is not None
