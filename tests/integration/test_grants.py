@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from spotler_outbox.models.metrics_queries import read_snapshot
 from spotler_outbox.models.settings import reset_settings
 from spotler_outbox.worker.console.cli import main
 from tests.conftest import purchase
-from tests.integration.fixtures import seed_row
+from tests.integration.fixtures import seed_row, statuses
 from tests.integration.roles import role_urls
 
 SHOP_TABLE = "shop_orders"
@@ -95,7 +96,9 @@ def test_a_user_name_that_is_not_a_plain_sql_name_is_refused(
 def test_the_operator_user_can_run_the_operators_commands(
     server_database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
-    seed_row(make_engine(server_database_url), "OP-1", status="failed", last_error="boom")
+    owner = make_engine(server_database_url)
+    seed_row(owner, "OP-1", status="failed", last_error="boom")
+    seed_row(owner, "OP-3", status="delivered", delivered_at=utc_now() - dt.timedelta(days=40))
     monkeypatch.setenv("OUTBOX_DATABASE_URL", role_urls(server_database_url)["operator"])
     orders = tmp_path / "orders.jsonl"
     orders.write_text(json.dumps(purchase("OP-2")) + "\n")
@@ -103,6 +106,8 @@ def test_the_operator_user_can_run_the_operators_commands(
                  ["purge", "--delivered-before", "1d"]):
         reset_settings()
         assert main(argv) == 0, argv
+    assert set(statuses(owner)) == {"OP-1", "OP-2"}  # OP-3 purged
+    owner.dispose()
 
 
 def test_the_worker_user_can_read_what_the_metrics_exporter_reads(
