@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sku", default="SPOTLER-OUTBOX-CHECK", help="the test product's id")
     p.add_argument("--currency", default="EUR")
     p.add_argument("--language", help="the product's language, e.g. nl-NL")
+    p.add_argument("--orderid", help="the test order's id (default: spotler-outbox-check-TIME)")
+    p.add_argument("--yes", action="store_true",
+                   help="really send the test purchase (without it, only shows it)")
     p = command("grants", cmd_grants, "print SQL creating least-privilege users for the order "
                 "system, the workers and an operator (OUTBOX_DATABASE_URL names the database)")
     for role, name in grants.DEFAULT_NAMES.items():
