@@ -12,9 +12,9 @@ from sqlalchemy.engine import Engine
 
 from spotler_outbox.models.clock import utc_now
 from spotler_outbox.models.database import make_engine
-from spotler_outbox.models.metrics_queries import read_snapshot
 from spotler_outbox.models.settings import reset_settings
 from spotler_outbox.worker.console.cli import main
+from spotler_outbox.worker.console.exporter import OutboxCollector
 from tests.conftest import purchase
 from tests.integration.fixtures import seed_row, statuses
 from tests.integration.roles import role_urls
@@ -110,11 +110,13 @@ def test_the_operator_user_can_run_the_operators_commands(
     owner.dispose()
 
 
-def test_the_worker_user_can_read_what_the_metrics_exporter_reads(
+def test_the_metrics_exporter_can_read_the_outbox_as_the_worker_user(
     server_database_url: str,
 ) -> None:
+    seed_row(make_engine(server_database_url), "M-1")
     engine = as_user(server_database_url, "worker")
-    with engine.connect() as conn:
-        snapshot = read_snapshot(conn, utc_now())
+    collector = OutboxCollector(engine)
+    for _ in range(2):  # the first scrape starts the attempt feed, the second reads it
+        up = {m.name: m.samples[0].value for m in collector.collect()}["spotler_outbox_up"]
+        assert up == 1
     engine.dispose()
-    assert snapshot is not None
