@@ -27,16 +27,19 @@ class EnqueueResult:
     ends): most callers need only `created`, and the enqueue stays one round trip.
     """
 
-    __slots__ = ("_conn", "_id", "_row", "_session", "_values", "created")
+    __slots__ = ("_conn", "_id", "_row", "_session", "_values", "created", "visible")
 
     def __init__(self, session: SessionLike, conn: sa.Connection, values: Mapping[str, str],
-                 created: bool, row_id: int | None = None) -> None:
+                 created: bool, row_id: int | None = None, *, visible: bool = True) -> None:
         self._session = None if isinstance(session, sa.Connection) else session
         self._conn = conn
         self._values = values
         self._id = row_id
         self._row: OutboxEvent | None = None
         self.created = created
+        # False: a duplicate committed after the snapshot of a REPEATABLE READ or SERIALIZABLE
+        # caller, which its own transaction cannot see.
+        self.visible = visible
 
     @property
     def duplicate(self) -> bool:
@@ -53,6 +56,10 @@ class EnqueueResult:
     def row(self) -> OutboxEvent:
         """The ORM row, loaded on first use (in the caller's transaction): most callers need
         only `created`."""
+        if self._row is None and not self.visible:
+            with Session(self._conn.engine) as outside:
+                self._row = outside.get_one(OutboxEvent, self.id)
+                outside.expunge(self._row)
         if self._row is None:
             load = sa.select(OutboxEvent).where(OutboxEvent.id == self.id)
             if self._conn.dialect.name in MYSQL_FAMILY:
@@ -84,21 +91,77 @@ def enqueue_purchase(
     values = outbox_values(event, settings)
     conn = session if isinstance(session, sa.Connection) else session.connection()
     dialect = conn.dialect.name
-    # The SQL text compiled once: the statement cache lookup cost more than the rest of the
-    # call but the round trip; no RETURNING either, which cost as much again
-    # (benchmarks/enqueue_cost.py). Connection events still fire.
-    result = conn.exec_driver_sql(compiled_statements(dialect)[0], values)
-    # ON CONFLICT DO NOTHING / INSERT IGNORE report a duplicate as 0 rows.
-    if result.rowcount != 1:
+    new_id: int | None = None
+    if dialect == "postgresql" and _snapshot_isolation(conn):
+        created = _insert_in_savepoint(session, conn, values)
+        if created is None:
+            existing = _id_committed_outside(conn, values)
+            return EnqueueResult(session, conn, values, created=False, row_id=existing,
+                                 visible=False)
+    else:
+        # The SQL text compiled once: the statement cache lookup cost more than the rest of
+        # the call but the round trip; no RETURNING either, which cost as much again
+        # (benchmarks/enqueue_cost.py). Connection events still fire.
+        result = conn.exec_driver_sql(compiled_statements(dialect)[0], values)
+        # ON CONFLICT DO NOTHING / INSERT IGNORE report a duplicate as 0 rows.
+        created = result.rowcount == 1
+        # MySQL and MariaDB send the new id with the OK packet: free. Elsewhere on demand.
+        if created and dialect in MYSQL_FAMILY:
+            new_id = int(result.lastrowid)
+    if not created:
         return EnqueueResult(session, conn, values, created=False)
     if settings.wakeup_enabled:
         if isinstance(session, sa.Connection):
             wakeup.wake_after_connection_commit(session, settings.broker_url)
         else:
             wakeup.wake_after_session_commit(session, settings.broker_url)
-    # MySQL and MariaDB send the new id with the OK packet: free. Elsewhere read on demand.
-    new_id = int(result.lastrowid) if dialect in MYSQL_FAMILY else None
     return EnqueueResult(session, conn, values, created=True, row_id=new_id)
+
+
+_SNAPSHOT_LEVELS = ("REPEATABLE READ", "SERIALIZABLE")
+
+
+def _snapshot_isolation(conn: sa.Connection) -> bool:
+    """Whether the caller's transaction reads one snapshot, known without a round trip.
+
+    From the connection's or the engine's isolation level (also the server default, read once
+    at first connect). A level set by SQL inside the transaction (SET TRANSACTION ...) is not
+    seen: the README tells such a caller to set it on the engine or connection instead.
+    """
+    level = conn.get_execution_options().get("isolation_level") or conn.default_isolation_level
+    return str(level).upper().replace("_", " ") in _SNAPSHOT_LEVELS
+
+
+def _insert_in_savepoint(
+    session: SessionLike, conn: sa.Connection, values: Mapping[str, str]
+) -> bool | None:
+    """The insert in a savepoint: whether it added the row, None when PostgreSQL failed it
+    (40001) because the duplicate was committed after the caller's snapshot; that failure must
+    not abort the caller's transaction.
+
+    Only under snapshot isolation: at READ COMMITTED it cannot happen, and the savepoint's
+    two round trips would double the cost of an enqueue.
+    """
+    insert = compiled_statements("postgresql")[0]
+    try:
+        if isinstance(session, sa.Connection):
+            with session.begin_nested():
+                return bool(session.exec_driver_sql(insert, values).rowcount == 1)
+        with session.begin_nested():
+            # session.connection() inside the block is what emits the SAVEPOINT.
+            return bool(session.connection().exec_driver_sql(insert, values).rowcount == 1)
+    except sa.exc.OperationalError as e:
+        if getattr(e.orig, "sqlstate", None) != "40001":
+            raise
+        return None
+
+
+def _id_committed_outside(conn: sa.Connection, values: Mapping[str, str]) -> int:
+    """The id of a row the caller's snapshot cannot see, read in a transaction of its own."""
+    with conn.engine.connect() as outside:
+        found: int = outside.exec_driver_sql(compiled_statements("postgresql")[1],
+                                             dict(values)).scalar_one()
+    return found
 
 
 @cache
