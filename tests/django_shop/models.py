@@ -11,4 +11,4 @@ class Order(models.Model):
 
     class Meta:
         app_label = "django_shop"
-        db_table = "shop_orders"
+        db_table = "django_shop_orders"

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 from spotler_outbox import migrations
 from spotler_outbox.models.database import make_engine
@@ -17,7 +18,7 @@ from spotler_outbox.worker.console.cli import main
 from tests.conftest import TEST_DB, server_url
 
 SHOP_REVISION = "5a1e0c0ffee1"  # the shop's own Alembic revision id, hand-written
-OUR_HEAD = "0003"
+OUR_HEAD = ScriptDirectory(str(migrations.MIGRATIONS_DIR)).get_current_head()
 
 
 def reset(url: str) -> None:
