@@ -23,8 +23,9 @@ SessionLike = Session | scoped_session[Any] | sa.Connection
 class EnqueueResult:
     """The outbox row for the order; `created` is False when the orderid was already there.
 
-    `id` and `row` are read on first use, in the caller's transaction (use them before it
-    ends): most callers need only `created`, and the enqueue stays one round trip.
+    `id` and `row` are read on first use: most callers need only `created`, and the enqueue
+    stays one round trip. Read while the caller's transaction is open, they come from it; after
+    it ended, from a connection of their own (the row exists once the transaction committed).
     """
 
     __slots__ = ("_conn", "_id", "_row", "_session", "_values", "created", "visible")
@@ -45,18 +46,25 @@ class EnqueueResult:
     def duplicate(self) -> bool:
         return not self.created
 
+    def _in_callers_transaction(self) -> bool:
+        return not self._conn.closed and self._conn.in_transaction()
+
     @property
     def id(self) -> int:
         if self._id is None:
             find = compiled_statements(self._conn.dialect.name)[1]
-            self._id = int(self._conn.exec_driver_sql(find, dict(self._values)).scalar_one())
+            if self._in_callers_transaction():
+                self._id = int(self._conn.exec_driver_sql(find, dict(self._values)).scalar_one())
+            else:
+                with self._conn.engine.connect() as outside:
+                    self._id = int(outside.exec_driver_sql(find, dict(self._values))
+                                   .scalar_one())
         return self._id
 
     @property
     def row(self) -> OutboxEvent:
-        """The ORM row, loaded on first use (in the caller's transaction): most callers need
-        only `created`."""
-        if self._row is None and not self.visible:
+        """The ORM row, loaded on first use."""
+        if self._row is None and (not self.visible or not self._in_callers_transaction()):
             with Session(self._conn.engine) as outside:
                 self._row = outside.get_one(OutboxEvent, self.id)
                 outside.expunge(self._row)

@@ -145,3 +145,15 @@ def test_a_commit_wakes_a_worker_that_has_no_sweeper(
         wait_for(lambda: statuses(engine).get("W-1") == "delivered", 20, "the woken delivery")
     assert api.state.received()["orderids"] == {"W-1": 1}
     engine.dispose()
+
+
+def test_the_id_of_a_committed_enqueue_can_be_read_after_the_session_closed(
+    engine: Engine, settings: Settings
+) -> None:
+    with Session(engine) as session, session.begin():
+        result = enqueue_purchase(session, purchase("I-1"), settings=settings)
+    read_after = result.id
+    assert result.row.orderid == "I-1"
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT id FROM outbox_events WHERE orderid = 'I-1'"))
+        assert read_after == stored.scalar_one()
