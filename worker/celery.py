@@ -1,4 +1,4 @@
-"""The Celery application: `celery -A spotler_outbox.worker worker|beat|flower` finds `app` here.
+"""The Celery application: `celery -A spotler_outbox.worker worker|flower` finds `app` here.
 
 Configuration is read from the settings only when Celery first needs it, never at import.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+
+from spotler_outbox.worker.sweeper import Sweeper
 
 app = Celery("spotler_outbox", include=["spotler_outbox.worker.tasks"])
 
@@ -54,15 +56,6 @@ def celery_config() -> dict[str, Any]:
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        "beat_schedule": {
-            "sweep": {
-                "task": "spotler_outbox.sweep",
-                "schedule": settings.sweep_interval,
-                # A sweep that waited longer than its interval is superseded by the next one.
-                "options": {"expires": max(settings.sweep_interval, 1.0)},
-            },
-        },
-        "beat_max_loop_interval": max(1.0, settings.sweep_interval),
         "timezone": "UTC",
     }
 
@@ -77,3 +70,5 @@ def _transport_options(broker_url: str, lease: float) -> dict[str, Any]:
 
 
 app.config_from_object(_LazyConfig())
+# The safety-net sweep and retention run as timers inside every worker, not as beat tasks.
+app.steps["worker"].add(Sweeper)

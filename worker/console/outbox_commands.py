@@ -181,7 +181,8 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
     with outbox(settings) as engine:
         purged, attempts = ops.purge(engine, delivered_before=before)
     print(f"purged {purged} orders delivered before {stamp(before)} and {attempts} delivery "
-          "attempts no order refers to any more")
+          "attempts no order refers to any more; each purged order keeps its orderid and "
+          "delivery time, so enqueueing it again sends nothing")
     return OK
 
 
