@@ -24,6 +24,7 @@ from spotler_outbox.models.wakeup import DISPATCH_TASK, WAKEUP_EXPIRES_SECONDS
 
 if TYPE_CHECKING:
     from spotler_outbox.models.settings import Settings
+    from spotler_outbox.worker.dispatch import Dispatcher
 
 log = logging.getLogger("spotler_outbox.sweeper")
 
@@ -71,20 +72,15 @@ class Timers:
     def __init__(self, settings: Settings, send_dispatch: Callable[[], object]) -> None:
         from spotler_outbox.models.clock import utc_now
         from spotler_outbox.models.database import make_engine
-        from spotler_outbox.worker.dispatch import Dispatcher
-        from spotler_outbox.worker.spotler.client import SpotlerClient
-
         self.settings = settings
         self.clock = utc_now
         self.engine = make_engine(settings.database_url)
         # A prefork child inherits this engine's connections: let it drop them unused, so
         # that only this process ever talks on them.
         os.register_at_fork(after_in_child=lambda: self.engine.dispose(close=False))
-        self.dispatcher = Dispatcher(self.engine, SpotlerClient(settings), settings,
-                                     worker_name=f"{socket.gethostname()}:{os.getpid()}:timer")
         self.send_dispatch = send_dispatch
         self.stop = threading.Event()
-        self.dispatcher.stopping = self.stop
+        self._dispatcher: Dispatcher | None = None
         self.threads = [_Periodic("sweep", settings.sweep_interval, self.sweep, self.stop),
                         _Periodic("retention", RETENTION_CHECK_SECONDS, self.retention,
                                   self.stop)]
@@ -99,6 +95,19 @@ class Timers:
             if periodic.thread.is_alive():
                 periodic.thread.join(timeout)
         self.engine.dispose()
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Built on first use: missing credentials stop the sweep (logged), not retention."""
+        if self._dispatcher is None:
+            from spotler_outbox.worker.dispatch import Dispatcher
+            from spotler_outbox.worker.spotler.client import SpotlerClient
+
+            self._dispatcher = Dispatcher(
+                self.engine, SpotlerClient(self.settings), self.settings,
+                worker_name=f"{socket.gethostname()}:{os.getpid()}:timer")
+            self._dispatcher.stopping = self.stop
+        return self._dispatcher
 
     def sweep(self) -> int:
         """Wake dispatch when a row has been due for a whole interval; returns tasks sent."""
