@@ -23,6 +23,7 @@ from spotler_outbox.models.tables import Status
 from spotler_outbox.models.version import installed_version
 from spotler_outbox.worker.console import exporter, importer
 from spotler_outbox.worker.console.check import cmd_check
+from spotler_outbox.worker.console.forget import cmd_forget
 from spotler_outbox.worker.console.format import parse_duration, positive_int
 from spotler_outbox.worker.console.outbox_commands import (
     cmd_list,
@@ -133,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "delete old delivered orders and the attempts left without orders")
     p.add_argument("--delivered-before", required=True, metavar="AGE_OR_DATE",
                    help="a duration such as 30d, or an ISO date/datetime (UTC unless given)")
+    p = command("forget", cmd_forget, "erase one person's e-mail address (or its SHA-256) "
+                "and the payloads of their orders from the outbox (GDPR erasure)")
+    p.add_argument("--email", required=True, metavar="ADDRESS",
+                   help="the address, or the SHA-256 of the lower-cased address")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p = command("import", cmd_import, "enqueue Purchase events from a JSON Lines or CSV file",
                 epilog=importer.CSV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="FILE")
