@@ -53,9 +53,16 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     with outbox(settings) as engine:
-        report = importer.import_file(engine, Path(args.file), settings)
-    print(f"enqueued {report.enqueued}, already present {report.duplicates}, "
-          f"refused {len(report.refused)}")
+        if args.dry_run:
+            report = importer.preview_file(engine, Path(args.file), settings)
+        else:
+            report = importer.import_file(engine, Path(args.file), settings)
+    if args.dry_run:
+        print(f"dry run, nothing written: would enqueue {report.enqueued}, already present "
+              f"{report.duplicates}, would refuse {len(report.refused)}")
+    else:
+        print(f"enqueued {report.enqueued}, already present {report.duplicates}, "
+              f"refused {len(report.refused)}")
     for line in importer.refused_lines(report):
         print("  " + line)
     return PROBLEMS if report.refused else OK
@@ -142,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("import", cmd_import, "enqueue Purchase events from a JSON Lines or CSV file",
                 epilog=importer.CSV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="FILE")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and report what would be enqueued or refused; write nothing")
     p = command("check", cmd_check, "verify the Spotler credentials, optionally send a test")
     p.add_argument("--send-test-purchase", action="store_true")
     p.add_argument("--email", help="the test profile's e-mail address")
