@@ -110,19 +110,28 @@ class Timers:
         return self._dispatcher
 
     def sweep(self) -> int:
-        """Wake dispatch when a row has been due for a whole interval; returns tasks sent."""
+        """Wake dispatch when a row has been due for a whole interval; returns tasks sent.
+
+        While a 401/403 pauses dispatch, ask verifyAuth instead when its check is due. Either
+        way only the worker that takes this interval's turn acts.
+        """
         from spotler_outbox.models import claims, control
 
-        if self.dispatcher.recheck_credentials() is not True:
-            return 0  # paused: nothing may be sent; the check itself was the work
         now = self.clock()
         interval = dt.timedelta(seconds=self.settings.sweep_interval)
         with self.engine.begin() as conn:
+            state = control.read_control(conn)
+            if state.paused:
+                if state.next_auth_check_at is not None and state.next_auth_check_at > now:
+                    return 0
             # Due for a whole interval: a row just made due is a running dispatch's to take.
-            if not claims.any_due(conn, now - interval):
+            elif not claims.any_due(conn, now - interval):
                 return 0
             if not control.take_turn(conn, "sweep", now=now, next_at=now + interval):
-                return 0  # another worker's sweeper woke dispatch for this turn
+                return 0  # another worker's sweeper acts on this turn
+        if state.paused:
+            self.dispatcher.recheck_credentials()  # resumed: the next tick wakes dispatch
+            return 0
         for _ in range(self.settings.sweep_fanout):
             self.send_dispatch()
         log.debug("sweep found rows due: %d dispatch tasks sent", self.settings.sweep_fanout)
