@@ -9,7 +9,9 @@ What happens to each order is a decision (`plan_erasure`, pure); `erase` turns i
   (event, orderid, delivered_at), exactly like retention: a re-enqueue sends nothing;
 - failed, pending or in flight (not delivered): the payload is emptied and the row parked as
   failed, never to be sent (an in-flight one may be inside a request to Spotler right now);
-- an orderid that itself holds the address cannot be erased: it is the outbox's key.
+- an orderid that itself holds the address cannot be erased: it is the outbox's key;
+- someone else's order whose last error merely quotes the address (Spotler's answer to a
+  batch they shared) keeps its payload and status: only that text is replaced.
 Spotler's answers (attempt excerpts) of every request that carried one of these orders, or
 that quote the address, are replaced; so is a pause reason that quotes it.
 """
@@ -60,6 +62,8 @@ class Action(enum.StrEnum):
     PARK_UNSENT = "not delivered yet: payload emptied, parked as failed, never sent"
     PARK_IN_FLIGHT = ("being sent right now: payload emptied and parked, but the request in "
                       "flight may still reach Spotler; erase it there too")
+    ERROR_TEXT_ONLY = ("of someone else, whose last error quotes the address: that text "
+                       "replaced, the order left as it is")
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,14 @@ class Match:
     orderid: str
     status: str
     orderid_holds_address: bool
+    # False when only last_error quotes the address (Spotler's answer to a shared batch):
+    # then the order is someone else's and must still be sent.
+    theirs: bool = True
 
 
-def action_for(status: str) -> Action:
+def action_for(status: str, theirs: bool = True) -> Action:
+    if not theirs:
+        return Action.ERROR_TEXT_ONLY
     return {Status.DELIVERED.value: Action.EMPTY_DELIVERED,
             Status.FAILED.value: Action.EMPTY_FAILED,
             Status.PENDING.value: Action.PARK_UNSENT,
@@ -92,6 +101,9 @@ class ErasurePlan:
         return sum(len(self.orders.get(a, ())) for a in (Action.PARK_UNSENT,
                                                           Action.PARK_IN_FLIGHT))
 
+    def ids(self, *, theirs: bool) -> list[int]:
+        return [m.id for ms in self.orders.values() for m in ms if m.theirs is theirs]
+
     @property
     def kept_keys(self) -> list[Match]:
         """Orders whose orderid itself holds the address: the key cannot be erased."""
@@ -102,7 +114,7 @@ def plan_erasure(matches: Iterable[Match], attempt_ids: Iterable[int],
                  pause_reason: bool) -> ErasurePlan:
     orders: dict[Action, list[Match]] = {}
     for match in matches:
-        orders.setdefault(action_for(match.status), []).append(match)
+        orders.setdefault(action_for(match.status, match.theirs), []).append(match)
     return ErasurePlan(orders, tuple(sorted(set(attempt_ids))), pause_reason)
 
 
@@ -121,14 +133,17 @@ def find(conn: sa.Connection, needles: Sequence[str]) -> ErasurePlan:
                       _like_any(events.c.last_error, needles),
                       _like_any(events.c.orderid, needles)))
     ).all()
-    matches = [Match(r.id, r.orderid, r.status, mentions(r.orderid, needles)) for r in rows
-               if mentions(r.payload, needles) or mentions(r.last_error, needles)
-               or mentions(r.orderid, needles)]
+    matches = []
+    for r in rows:
+        key, payload = mentions(r.orderid, needles), mentions(r.payload, needles)
+        if key or payload or mentions(r.last_error, needles):
+            matches.append(Match(r.id, r.orderid, r.status, key, theirs=key or payload))
     attempt_ids: set[int] = set()
-    if matches:
+    theirs = [m.id for m in matches if m.theirs]
+    if theirs:
         attempt_ids.update(conn.execute(
             sa.select(attempt_events.c.attempt_id).distinct()
-            .where(attempt_events.c.outbox_event_id.in_([m.id for m in matches]))).scalars())
+            .where(attempt_events.c.outbox_event_id.in_(theirs))).scalars())
     for attempt in conn.execute(
         sa.select(attempts_table.c.id, attempts_table.c.response_excerpt)
         .where(_like_any(attempts_table.c.response_excerpt, needles))
@@ -152,7 +167,11 @@ def erase(conn: sa.Connection, plan: ErasurePlan, *, now: dt.datetime) -> Erasur
     Rows not delivered go first: clearing their claim token means a worker that is sending one
     can no longer mark it delivered, and one it marked before this is emptied just after.
     """
-    ids = [m.id for ms in plan.orders.values() for m in ms]
+    ids = plan.ids(theirs=True)
+    quoted = plan.ids(theirs=False)
+    if quoted:
+        conn.execute(events.update().where(events.c.id.in_(quoted))
+                     .values(last_error=ERASED, updated_at=now))
     parked = delivered = 0
     if ids:
         parked = int(conn.execute(events.update().where(

@@ -72,11 +72,13 @@ def seed_person(engine: Engine, settings: Settings, email: str) -> dict[str, int
     ids = {o: enqueue(engine, settings, o, email) for o in ("P-DELIVERED", "P-FAILED",
                                                               "P-PENDING", "P-FLIGHT")}
     ids["O-1"] = enqueue(engine, settings, "O-1", OTHER)
+    ids["O-2"] = enqueue(engine, settings, "O-2", OTHER)  # retried with a shared batch's error
     now = utc_now()
     set_row(engine, "P-DELIVERED", status="delivered", delivered_at=now)
     set_row(engine, "P-FAILED", status="failed",
             last_error=f"HTTP 400: profile {email} refused")
     set_row(engine, "P-FLIGHT", status="in_flight", claim_token="t" * 32, lease_expires_at=now)
+    set_row(engine, "O-2", last_error=f"HTTP 500: upstream choked on {email}")
     attempt(engine, f'{{"errors":["bad profile {email}"]}}', (ids["P-FAILED"], "P-FAILED"))
     attempt(engine, '{"success":true}', (ids["P-DELIVERED"], "P-DELIVERED"), (ids["O-1"], "O-1"))
     attempt(engine, '{"success":true}', (ids["O-1"], "O-1"))
@@ -105,6 +107,9 @@ def test_forget_erases_every_trace_of_the_address_and_reports_what_became_of_eac
     assert row(engine, "P-DELIVERED").status == "delivered"
     assert {row(engine, o).status for o in ("P-FAILED", "P-PENDING", "P-FLIGHT")} == {"failed"}
     assert OTHER in row(engine, "O-1").payload
+    other = row(engine, "O-2")  # someone else's order: still to be sent, only the text went
+    assert (other.status, other.purged_at) == ("pending", None) and OTHER in other.payload
+    assert "1 order(s) of someone else, whose last error quotes the address" in out
     with Session(engine) as session, session.begin():  # erased orders are never sent again
         assert not enqueue_purchase(session, purchase("P-PENDING"), settings=settings).created
     assert main(["retry", "P-PENDING"]) == 1 and "was purged" in capsys.readouterr().err
