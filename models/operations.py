@@ -54,6 +54,7 @@ class EventRow:
     created_at: dt.datetime
     updated_at: dt.datetime
     delivered_at: dt.datetime | None
+    purged_at: dt.datetime | None = None  # retention or an erasure emptied the payload
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ _ROW_COLUMNS = (
     events.c.id, events.c.orderid, events.c.payload, events.c.status, events.c.attempts,
     events.c.resends, events.c.next_attempt_at, events.c.lease_expires_at, events.c.last_error,
     events.c.last_http_status, events.c.created_at, events.c.updated_at, events.c.delivered_at,
+    events.c.purged_at,
 )
 
 

@@ -181,3 +181,20 @@ def test_retention_off_with_zero_days_purges_nothing(engine: Engine, database_ur
     finally:
         timers.shutdown()
     assert row(engine, "KEEP").payload == ""
+
+
+def test_show_says_a_purged_order_was_emptied_and_why_its_orderid_stays(
+    engine: Engine, database_url: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from spotler_outbox.models import operations as ops
+    from spotler_outbox.models.settings import reset_settings
+    from spotler_outbox.worker.console.cli import main
+
+    seed_row(engine, "GONE", **delivered(utc_now() - 40 * DAY))
+    ops.purge(engine, delivered_before=utc_now() - 30 * DAY)
+    monkeypatch.setenv("OUTBOX_DATABASE_URL", database_url)
+    reset_settings()
+    assert main(["show", "GONE"]) == 0
+    out = capsys.readouterr().out
+    assert "emptied" in out and "enqueueing it again sends nothing" in out

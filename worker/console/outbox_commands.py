@@ -125,6 +125,9 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     ):
         print(f"  {label:<13} {value}")
     print("Payload:")
+    if row.purged_at is not None:
+        payload = (f"(emptied {stamp(row.purged_at)} by retention or an erasure; the orderid "
+                   "is kept so that enqueueing it again sends nothing)")
     print(mask_emails(payload))
     print(f"Attempts ({len(attempts)}):")
     if attempts:
