@@ -16,9 +16,10 @@ from spotler_outbox.models import claims, control, retention
 from spotler_outbox.models.clock import utc_now
 from spotler_outbox.models.settings import Settings
 from spotler_outbox.models.tables import attempts_table, events
+from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi
 from spotler_outbox.worker.sweeper import Timers
 from tests.conftest import purchase
-from tests.integration.fixtures import row, seed_row
+from tests.integration.fixtures import delivery_settings, row, seed_row
 
 DAY = dt.timedelta(days=1)
 
@@ -198,3 +199,25 @@ def test_show_says_a_purged_order_was_emptied_and_why_its_orderid_stays(
     assert main(["show", "GONE"]) == 0
     out = capsys.readouterr().out
     assert "emptied" in out and "enqueueing it again sends nothing" in out
+
+
+def test_while_paused_one_worker_per_turn_asks_verify_auth_and_none_wakes_dispatch(
+    engine: Engine, database_url: str, api: RunningFakeApi, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[str | None] = []
+    answer = api.state.verify_auth
+    monkeypatch.setattr(api.state, "verify_auth",
+                        lambda account, key: asked.append(account) or answer(account, key))
+    api.state.set_faults(Faults(auth_failure=True))
+    seed_row(engine, "WAITING", next_attempt_at=utc_now() - DAY)
+    with engine.begin() as conn:
+        control.pause(conn, reason="HTTP 401", now=utc_now(), check_at=utc_now() - DAY)
+    settings = delivery_settings(database_url, api.url, sweep_interval=30.0)
+    sent: list[int] = []
+    timers = [Timers(settings, lambda: sent.append(1)) for _ in range(3)]
+    try:
+        assert [t.sweep() for t in timers] == [0, 0, 0]
+        assert len(asked) == 1 and not sent  # still refused: paused, nothing woken
+    finally:
+        for t in timers:
+            t.shutdown()
