@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -206,8 +208,13 @@ def test_while_paused_one_worker_per_turn_asks_verify_auth_and_none_wakes_dispat
 ) -> None:
     asked: list[str | None] = []
     answer = api.state.verify_auth
-    monkeypatch.setattr(api.state, "verify_auth",
-                        lambda account, key: asked.append(account) or answer(account, key))
+
+    def slow_answer(account: str | None, key: str | None) -> Any:
+        asked.append(account)
+        time.sleep(0.5)  # every worker has read the pause by now: only the turn stops them
+        return answer(account, key)
+
+    monkeypatch.setattr(api.state, "verify_auth", slow_answer)
     api.state.set_faults(Faults(auth_failure=True))
     seed_row(engine, "WAITING", next_attempt_at=utc_now() - DAY)
     with engine.begin() as conn:
@@ -216,7 +223,8 @@ def test_while_paused_one_worker_per_turn_asks_verify_auth_and_none_wakes_dispat
     sent: list[int] = []
     timers = [Timers(settings, lambda: sent.append(1)) for _ in range(3)]
     try:
-        assert [t.sweep() for t in timers] == [0, 0, 0]
+        with ThreadPoolExecutor(len(timers)) as pool:  # three workers' timers at once
+            assert list(pool.map(lambda t: t.sweep(), timers)) == [0, 0, 0]
         assert len(asked) == 1 and not sent  # still refused: paused, nothing woken
     finally:
         for t in timers:
