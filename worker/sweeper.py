@@ -16,15 +16,17 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import bootsteps
 
+from spotler_outbox.models import claims, control, retention
+from spotler_outbox.models.clock import utc_now
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.settings import Settings, get_settings
 from spotler_outbox.models.wakeup import DISPATCH_TASK, WAKEUP_EXPIRES_SECONDS
-
-if TYPE_CHECKING:
-    from spotler_outbox.models.settings import Settings
-    from spotler_outbox.worker.dispatch import Dispatcher
+from spotler_outbox.worker.dispatch import Dispatcher
+from spotler_outbox.worker.spotler.client import SpotlerClient
 
 log = logging.getLogger("spotler_outbox.sweeper")
 
@@ -70,8 +72,6 @@ class Timers:
     """The sweep and retention jobs of one worker process, over an engine of their own."""
 
     def __init__(self, settings: Settings, send_dispatch: Callable[[], object]) -> None:
-        from spotler_outbox.models.clock import utc_now
-        from spotler_outbox.models.database import make_engine
         self.settings = settings
         self.clock = utc_now
         self.engine = make_engine(settings.database_url)
@@ -100,9 +100,6 @@ class Timers:
     def dispatcher(self) -> Dispatcher:
         """Built on first use: missing credentials stop the sweep (logged), not retention."""
         if self._dispatcher is None:
-            from spotler_outbox.worker.dispatch import Dispatcher
-            from spotler_outbox.worker.spotler.client import SpotlerClient
-
             self._dispatcher = Dispatcher(
                 self.engine, SpotlerClient(self.settings), self.settings,
                 worker_name=f"{socket.gethostname()}:{os.getpid()}:timer")
@@ -115,8 +112,6 @@ class Timers:
         While a 401/403 pauses dispatch, ask verifyAuth instead when its check is due. Either
         way only the worker that takes this interval's turn acts.
         """
-        from spotler_outbox.models import claims, control
-
         now = self.clock()
         interval = dt.timedelta(seconds=self.settings.sweep_interval)
         with self.engine.begin() as conn:
@@ -140,8 +135,6 @@ class Timers:
     def retention(self) -> int:
         """Once per RETENTION_EVERY, by whichever worker takes the turn: empty the payloads of
         orders delivered more than OUTBOX_RETENTION_DAYS ago. Returns orders purged."""
-        from spotler_outbox.models import control, retention
-
         now = self.clock()
         cutoff = retention.retention_cutoff(now, self.settings.retention_days)
         if cutoff is None:
@@ -169,8 +162,6 @@ class Sweeper(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyp
         self.timers: Timers | None = None
 
     def start(self, parent: Any) -> None:
-        from spotler_outbox.models.settings import get_settings
-
         app = parent.app
         self.timers = Timers(get_settings(), lambda: app.send_task(
             DISPATCH_TASK, expires=WAKEUP_EXPIRES_SECONDS))
