@@ -89,20 +89,12 @@ def drop_attempt_links(conn: sa.Connection, ids: Sequence[int]) -> None:
         attempt_events.c.outbox_event_id.in_(purged.scalar_subquery())))
 
 
-def orphan_attempt_ids(
-    conn: sa.Connection, *, after: int = 0, limit: int = PURGE_BATCH
-) -> tuple[list[int], int]:
-    """Attempts none of whose events remain linked, among the next `limit` attempts by id
-    after `after`; and the last id looked at (the next batch's `after`)."""
-    scanned = list(conn.execute(
-        sa.select(attempts_table.c.id).where(attempts_table.c.id > after)
-        .order_by(attempts_table.c.id).limit(limit)).scalars())
-    if not scanned:
-        return [], after
-    linked = set(conn.execute(
-        sa.select(attempt_events.c.attempt_id).distinct()
-        .where(attempt_events.c.attempt_id.in_(scanned))).scalars())
-    return [i for i in scanned if i not in linked], int(scanned[-1])
+def attempts_of(conn: sa.Connection, ids: Sequence[int]) -> list[int]:
+    """The attempts that carried any of these rows."""
+    if not ids:
+        return []
+    return list(conn.execute(sa.select(attempt_events.c.attempt_id).distinct().where(
+        attempt_events.c.outbox_event_id.in_(list(ids)))).scalars())
 
 
 def delete_attempts(conn: sa.Connection, ids: Sequence[int]) -> int:
@@ -119,23 +111,20 @@ def purge_delivered_before(
     engine: Engine, *, before: dt.datetime, clock: Callable[[], dt.datetime],
     batch: int = PURGE_BATCH, stop: threading.Event | None = None,
 ) -> PurgeCount:
-    """Compact every order delivered before `before`, then delete the attempts left without
+    """Compact every order delivered before `before` and delete the attempts left without
     orders; one short transaction per batch. `stop` ends the run between batches."""
     rows = attempts = 0
     since: dt.datetime | None = None
     while stop is None or not stop.is_set():
         with engine.begin() as conn:
             picked = pick_unpurged(conn, before=before, since=since, limit=batch)
-            rows += compact_delivered(conn, [i for i, _ in picked], before=before, now=clock())
+            ids = [i for i, _ in picked]
+            carried = attempts_of(conn, ids)
+            rows += compact_delivered(conn, ids, before=before, now=clock())
+            # Only the attempts of this batch's rows can have lost their last link: no scan
+            # of the whole attempts table.
+            attempts += delete_attempts(conn, carried)
         if len(picked) < batch:
             break
         since = picked[-1][1]
-    after = 0
-    while stop is None or not stop.is_set():
-        with engine.begin() as conn:
-            orphans, last = orphan_attempt_ids(conn, after=after, limit=batch)
-            attempts += delete_attempts(conn, orphans)
-        if last == after:
-            break
-        after = last
     return PurgeCount(rows, attempts)
