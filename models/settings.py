@@ -68,6 +68,10 @@ class Settings:
                 f"SPOTLER_READ_TIMEOUT ({self.connect_timeout + self.read_timeout:g}s), "
                 f"got {self.lease_seconds:g}"
             )
+        if self.sweep_interval <= 0:
+            raise ConfigurationError(
+                f"OUTBOX_SWEEP_INTERVAL_SECONDS: must be more than 0, got {self.sweep_interval:g}"
+            )
         if self.retention_days < 0:
             raise ConfigurationError(
                 f"OUTBOX_RETENTION_DAYS: must be 0 (keep everything) or more, "
