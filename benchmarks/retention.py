@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from benchmarks import db, scale_data
+from benchmarks import db, scale
 from spotler_outbox.models import operations as ops
 from spotler_outbox.models import retention
 from spotler_outbox.models.clock import utc_now
@@ -67,9 +67,9 @@ def main(argv: list[str]) -> int:
                    help="PostgreSQL; dropped and created afresh: its name must end in _bench")
     args = p.parse_args(argv)
     engine = db.prepare(args.database_url)
-    history = scale_data.History(args.delivered, args.old, utc_now())
-    scale_data.insert_history(engine, history, 1, args.delivered, lambda _: None)
-    scale_data.maintenance(engine, "VACUUM ANALYZE outbox_events")
+    shape = argparse.Namespace(delivered=args.delivered, purge=args.old)
+    scale.insert_history(engine, shape, utc_now(), args.delivered, lambda _: None)
+    scale.maintenance(engine, "VACUUM ANALYZE outbox_events")
     cutoff = utc_now() - dt.timedelta(days=30)
     print(f"{args.delivered:,} delivered rows, {args.old:,} delivered 30-60 days ago; "
           f"batches of {retention.PURGE_BATCH}")
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
     for label in ("retention run", "next run, before autovacuum",
                   "next run, after VACUUM ANALYZE"):
         if label.endswith("ANALYZE"):
-            scale_data.maintenance(engine, "VACUUM ANALYZE outbox_events")
+            scale.maintenance(engine, "VACUUM ANALYZE outbox_events")
         rows, took, statements = timed_purge(args.database_url, cutoff)
         rate = f", {rows / took:,.0f} rows/s" if rows else ""
         print(f"{label}: {rows:,} rows compacted in {took:.2f} s{rate}; "
