@@ -1,7 +1,8 @@
 """A fake Spotler Activate API on loopback, for the tests, the demo and the benchmarks.
 
-It answers POST /v1/track and POST /v1/verifyAuth as Spotler does, validates every event with the
-project's own validator, records what it accepted, and injects the faults in `Faults` on demand.
+It answers POST /v1/track and POST /v1/verifyAuth as Spotler does, judges every event by its own
+rules (rules.py, not the project's validator), records what it accepted, and injects the faults
+in `Faults` on demand.
 Admin endpoints under /_fake/ let a test or an operator read the record and change the faults.
 Standard library only: the server must not share code paths with the real client it tests.
 """
@@ -97,7 +98,11 @@ class FakeSpotler:
             return list(self._payloads.get(orderid, ()))
 
     def request_log(self) -> list[dict[str, Any]]:
-        """Per track request: {"at": epoch seconds, "status": int, "events": events in it}."""
+        """Per track request: {"at": epoch seconds, "status": int, "events": events in it}.
+
+        A trickled answer adds "trickled": True, "completed" (whether its last byte was
+        written; None while it is still being written) and "ended" (epoch seconds).
+        """
         with self._lock:
             return [dict(entry) for entry in self._log]
 
@@ -139,13 +144,37 @@ class FakeSpotler:
         if errors:
             return self._finish(Reply(400, {"success": False, "errors": errors}), count)
         with self._lock:
-            for orderid, payload in zip(orderids[:kept], events[:kept], strict=True):
-                self._counts[orderid] = self._counts.get(orderid, 0) + 1
-                self._payloads.setdefault(orderid, []).append(payload)
-            self._total_events += kept
-            return self._logged(
-                Reply(200, {"success": True, "created": kept, "updated": 0, "errors": []}), count
-            )
+            left_out = active.left_out(orderids)
+        taken = [(orderid, event) for orderid, event in zip(orderids[:kept], events[:kept],
+                                                            strict=True)
+                 if orderid not in left_out]
+        answer = {"success": True, "created": len(taken), "updated": 0,
+                  "errors": [{"orderid": orderid, "problems": ["not taken (fake API fault "
+                                                               "partial_orderids)"]}
+                             for orderid in sorted(left_out)]}
+        with self._lock:
+            trickle = active.trickle()
+            if not trickle:
+                self._record(taken)
+                return self._logged(Reply(200, answer), count)
+            entry = {"at": time.time(), "status": 200, "events": count, "trickled": True,
+                     "completed": None, "ended": None}
+            self._log.append(entry)
+
+        def sent(completed: bool) -> None:
+            with self._lock:
+                entry.update(completed=completed, ended=time.time())
+                if completed:
+                    self._record(taken)
+
+        return Reply(200, answer, trickle_seconds=trickle, on_sent=sent)
+
+    def _record(self, taken: list[tuple[str, Any]]) -> None:
+        """Count accepted events; the caller holds the lock."""
+        for orderid, payload in taken:
+            self._counts[orderid] = self._counts.get(orderid, 0) + 1
+            self._payloads.setdefault(orderid, []).append(payload)
+        self._total_events += len(taken)
 
     def _credentials_ok(self, account: str | None, api_key: str | None) -> bool:
         # compare_digest so that even the fake does not teach a timing side channel by example.
@@ -291,7 +320,26 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if not reply.trickle_seconds:
+            self.wfile.write(data)
+            return
+        self.close_connection = True
+        completed = False
+        try:
+            self.wfile.flush()
+            pause = reply.trickle_seconds / len(data)
+            stopping = cast(_Server, self.server).stopping
+            for index in range(len(data)):
+                if stopping.wait(pause):
+                    return
+                self.wfile.write(data[index:index + 1])
+                self.wfile.flush()
+            completed = True
+        except OSError:
+            return  # the client hung up: that is what the fault is there to show
+        finally:
+            if reply.on_sent is not None:
+                reply.on_sent(completed)
 
 
 class _Server(ThreadingHTTPServer):
