@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Celery
 
+from spotler_outbox.worker.listen import ListenStep
 from spotler_outbox.worker.sweeper import Sweeper
 
 app = Celery("spotler_outbox", include=["spotler_outbox.worker.tasks"])
@@ -70,5 +71,6 @@ def _transport_options(broker_url: str, lease: float) -> dict[str, Any]:
 
 
 app.config_from_object(_LazyConfig())
+app.steps["worker"].add(ListenStep)
 # The safety-net sweep and retention run as timers inside every worker, not as beat tasks.
 app.steps["worker"].add(Sweeper)

@@ -1,7 +1,7 @@
 """Retention keeps a compact record of each delivered order; the workers' timers take turns.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-27
 
 outbox_events.purged_at marks a row whose payload retention or an erasure emptied; the row
@@ -19,7 +19,7 @@ from alembic import op
 from spotler_outbox.models.tables import UTCDateTime
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -67,8 +67,9 @@ def test_retention_empties_old_payloads_keeps_orderids_and_a_re_enqueue_creates_
         again = enqueue_purchase(session, purchase("OLD-3"), settings=settings)
     assert again.created is False
     with engine.begin() as conn:  # an order system in another language, by plain SQL
-        insert = ("INSERT IGNORE INTO outbox_events (event, orderid, payload) VALUES "
-                  "('Purchase', 'OLD-4', :p)" if engine.dialect.name == "mysql" else
+        insert = ("INSERT INTO outbox_events (event, orderid, payload) VALUES "
+                  "('Purchase', 'OLD-4', :p) ON DUPLICATE KEY UPDATE id = id"
+                  if engine.dialect.name == "mysql" else
                   "INSERT INTO outbox_events (event, orderid, payload) VALUES "
                   "('Purchase', 'OLD-4', :p) ON CONFLICT (event, orderid) DO NOTHING")
         conn.execute(sa.text(insert), {"p": json.dumps(purchase("OLD-4"))})
