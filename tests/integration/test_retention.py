@@ -230,3 +230,32 @@ def test_while_paused_one_worker_per_turn_asks_verify_auth_and_none_wakes_dispat
     finally:
         for t in timers:
             t.shutdown()
+
+
+def test_the_worker_user_of_grants_can_run_retention_and_the_sweep(
+    server_database_url: str,
+) -> None:
+    from spotler_outbox.models.database import make_engine
+    from tests.integration.roles import role_urls
+
+    engine = make_engine(server_database_url)  # the tables' owner, to seed and to look
+    now = utc_now()
+    old_id = seed_row(engine, "OLD", **delivered(now - 40 * DAY))
+    seed_row(engine, "DUE", next_attempt_at=now - DAY)
+    with engine.begin() as conn:
+        claims.record_attempt(conn, claims.AttemptRecord(
+            now - 40 * DAY, 5, 1, 200, "delivered", None, None, None),
+            [claims.ClaimedRow(old_id, "OLD", "", 1, now)])
+    settings = Settings(database_url=role_urls(server_database_url)["worker"],
+                        retention_days=30, api_url="http://127.0.0.1:9", account="a",
+                        api_key="k")
+    sent: list[int] = []
+    timers = Timers(settings, lambda: sent.append(1))
+    try:
+        assert timers.retention() == 1 and timers.sweep() == settings.sweep_fanout
+    finally:
+        timers.shutdown()
+    assert row(engine, "OLD").payload == ""
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(attempts_table)).scalar() == 0
+    engine.dispose()
