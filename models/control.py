@@ -69,3 +69,19 @@ def resume(conn: sa.Connection, *, now: dt.datetime) -> None:
 def hold_until(conn: sa.Connection, *, now: dt.datetime, not_before: dt.datetime) -> None:
     """No request to Spotler before `not_before` (a 429's Retry-After), from any worker."""
     _write_control(conn, now, not_before=not_before)
+
+
+_TURNS = {"sweep": control.c.next_sweep_at, "retention": control.c.next_retention_at}
+
+
+def take_turn(conn: sa.Connection, job: str, *, now: dt.datetime, next_at: dt.datetime) -> bool:
+    """Whether this worker does `job` now: the one whose UPDATE moves the turn to `next_at`.
+
+    Every worker's timer asks; the row lock makes exactly one of them win until `next_at`.
+    """
+    column = _TURNS[job]
+    return conn.execute(
+        control.update().where(control.c.id == CONTROL_ID,
+                               sa.or_(column.is_(None), column <= now))
+        .values({column.name: next_at})
+    ).rowcount == 1

@@ -80,8 +80,8 @@ def wipe(engine: Engine) -> None:
     with engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
             if table.name == "dispatch_control":
-                conn.execute(table.update().values(paused_reason=None, paused_since=None,
-                                                   next_auth_check_at=None, not_before=None))
+                conn.execute(table.update().values(
+                    {c.name: None for c in table.columns if c.nullable}))
             else:
                 conn.execute(table.delete())
 
