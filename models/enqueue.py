@@ -12,6 +12,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from spotler_outbox.models import wakeup
+from spotler_outbox.models.accounts import row_account
 from spotler_outbox.models.settings import Settings, get_settings
 from spotler_outbox.models.tables import OutboxEvent
 from spotler_outbox.models.validation import canonical_json, validate_purchase
@@ -19,6 +20,7 @@ from spotler_outbox.models.validation import canonical_json, validate_purchase
 _WAKEUP_FLAG = "spotler_outbox_wakeup"
 _LISTENING = "spotler_outbox_listening"
 _table = cast(sa.Table, OutboxEvent.__table__)
+_KEY = ("account", "event", "orderid")  # the outbox's unique key
 
 
 class EnqueueResult:
@@ -48,7 +50,8 @@ class EnqueueResult:
 
 
 def enqueue_purchase(
-    session: Session, event: Mapping[str, Any], *, settings: Settings | None = None
+    session: Session, event: Mapping[str, Any], *, account: str | None = None,
+    settings: Settings | None = None,
 ) -> EnqueueResult:
     """Validate `event` and add it to the outbox inside the caller's transaction.
 
@@ -56,11 +59,14 @@ def enqueue_purchase(
     enqueue of the same orderid (even from a concurrent transaction) returns the existing row;
     it never raises on the duplicate and never aborts the caller's transaction.
     Raises InvalidEvent, naming every bad field, before touching the database.
+
+    `account` names the Spotler account (store) the order goes to; orderids need only be
+    unique within their account. Without it, the default account (SPOTLER_ACCOUNT).
     """
     settings = settings or get_settings()
     payload = validate_purchase(event, settings)
-    values = {"event": payload["event"], "orderid": payload["orderid"],
-              "payload": canonical_json(payload)}
+    values = {"account": row_account(account, settings), "event": payload["event"],
+              "orderid": payload["orderid"], "payload": canonical_json(payload)}
     conn = session.connection()
     dialect = conn.dialect.name
     inserted_id: int | None = conn.execute(_insert_unless_present(dialect), values).scalar()
@@ -74,22 +80,21 @@ def enqueue_purchase(
 
 @cache
 def _insert_unless_present(dialect: str) -> sa.Executable:
-    """An INSERT that yields the new id, or nothing when (event, orderid) exists.
+    """An INSERT that yields the new id, or nothing when (account, event, orderid) exists.
 
     The database resolves the race between two transactions: the second waits for the first
     and then inserts nothing, instead of failing with an IntegrityError that would poison the
     caller's transaction. Built once per dialect: building it per call cost more than the
     round trip.
     """
-    params: dict[str, Any] = {name: sa.bindparam(name) for name in ("event", "orderid",
-                                                                     "payload")}
+    params: dict[str, Any] = {name: sa.bindparam(name) for name in _KEY + ("payload",)}
     if dialect == "postgresql":
         return (postgresql.insert(_table).values(params)
-                .on_conflict_do_nothing(index_elements=["event", "orderid"])
+                .on_conflict_do_nothing(index_elements=list(_KEY))
                 .returning(_table.c.id))
     if dialect == "sqlite":
         return (sqlite.insert(_table).values(params)
-                .on_conflict_do_nothing(index_elements=["event", "orderid"])
+                .on_conflict_do_nothing(index_elements=list(_KEY))
                 .returning(_table.c.id))
     # MariaDB: INSERT IGNORE returns no row for a duplicate; values are validated and bounded,
     # so the other errors IGNORE would downgrade cannot occur here.
@@ -98,8 +103,8 @@ def _insert_unless_present(dialect: str) -> sa.Executable:
 
 @cache
 def _find_existing(dialect: str) -> sa.Select[Any]:
-    find = sa.select(_table.c.id).where(_table.c.event == sa.bindparam("event"),
-                                        _table.c.orderid == sa.bindparam("orderid"))
+    find = sa.select(_table.c.id).where(*(_table.c[name] == sa.bindparam(name)
+                                          for name in _KEY))
     if dialect in ("mysql", "mariadb"):
         # Under REPEATABLE READ (MariaDB's default) INSERT IGNORE sees a row another
         # transaction committed after our snapshot, but a plain SELECT does not: read the

@@ -78,8 +78,11 @@ def wipe(engine: Engine) -> None:
     with engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
             if table.name == "dispatch_control":
+                # The default account's row stays, as the migration made it; others go.
+                conn.execute(table.delete().where(table.c.account != ""))
                 conn.execute(table.update().values(paused_reason=None, paused_since=None,
-                                                   next_auth_check_at=None, not_before=None))
+                                                   next_auth_check_at=None, not_before=None,
+                                                   next_request_at=None))
             else:
                 conn.execute(table.delete())
 

@@ -21,7 +21,6 @@ from spotler_outbox.models.wakeup import DISPATCH_TASK, WAKEUP_EXPIRES_SECONDS
 from spotler_outbox.worker.celery import app
 from spotler_outbox.worker.dispatch import Dispatcher
 from spotler_outbox.worker.logs import configure_logging
-from spotler_outbox.worker.spotler.client import SpotlerClient
 
 log = logging.getLogger("spotler_outbox.tasks")
 
@@ -45,7 +44,7 @@ def get_dispatcher() -> Dispatcher:
         # and the recording of Spotler's answer are built to survive that.
         _engine = (pid, make_engine(settings.database_url, pool_pre_ping=False))
     dispatcher = Dispatcher(
-        _engine[1], SpotlerClient(settings), settings,
+        _engine[1], None, settings,
         worker_name=f"{socket.gethostname()}:{pid}:{threading.get_ident() % 10000}",
     )
     dispatcher.stopping = _stop_requested
@@ -116,15 +115,16 @@ def dispatch() -> dict[str, Any]:
 
 @app.task(name="spotler_outbox.sweep")
 def sweep() -> dict[str, Any]:
-    """Every few seconds: re-check paused credentials and wake dispatch for any due row.
+    """Every few seconds: re-check paused accounts' credentials and wake dispatch for any due
+    row of an account that may send.
 
     This alone guarantees progress when wake-up messages are lost (broker flushed, enqueue by
     plain SQL, worker killed).
     """
     dispatcher = get_dispatcher()
     try:
-        if dispatcher.recheck_credentials() is not True:
-            return {"paused": True, "woken": 0}
+        # A paused account stops only itself: the others' due rows still wake dispatch.
+        paused = dispatcher.recheck_credentials() is not True
         due = dispatcher.has_due_rows()
     except OperationalError as e:
         log.error("sweep skipped: database unavailable (%s)", type(e.orig).__name__)
@@ -132,4 +132,4 @@ def sweep() -> dict[str, Any]:
     woken = dispatcher.settings.sweep_fanout if due else 0
     for _ in range(woken):
         dispatch.apply_async(expires=WAKEUP_EXPIRES_SECONDS)
-    return {"paused": False, "woken": woken}
+    return {"paused": paused, "woken": woken}

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from spotler_outbox.models import claims
+from spotler_outbox.models import claims, control
 from spotler_outbox.models.claims import AttemptRecord, ClaimedRow
 from spotler_outbox.worker.dispatch.context import DispatchContext, DispatchReport
 from spotler_outbox.worker.dispatch.decide import Act, Credentials, Decision, decide
@@ -29,6 +29,7 @@ log = logging.getLogger("spotler_outbox.dispatch")
 Item = tuple[ClaimedRow, dict[str, Any]]
 T = TypeVar("T")
 LEASE_MARGIN_SECONDS = 5.0
+BUDGET_HEADROOM = 1.1
 
 
 class Claim:
@@ -36,7 +37,10 @@ class Claim:
 
     def __init__(self, ctx: DispatchContext, token: str, lease_until: dt.datetime,
                  report: DispatchReport, rows: Sequence[ClaimedRow]) -> None:
+        if ctx.client is None:
+            raise ValueError("a claim needs the client of its rows' account")
         self.ctx = ctx
+        self.client = ctx.client
         self.token = token
         self.lease_until = lease_until
         self.report = report
@@ -84,14 +88,14 @@ class Claim:
         if self.halted or time.monotonic() > self.deadline:
             self._hand_back("not sent: the claim ran out of time or was halted; due again now")
             return
-        if not self._lease_covers_a_request():
+        if not self._wait_for_request_slot() or not self._lease_covers_a_request():
             return
         started = self.ctx.clock()
         t0 = time.perf_counter()
         error: DeliveryError | None = None
         accepted: Accepted | None = None
         try:
-            accepted = self.ctx.client.track([event for _, event in items])
+            accepted = self.client.track([event for _, event in items])
         except DeliveryError as e:
             error = e
         duration_ms = round((time.perf_counter() - t0) * 1000)
@@ -116,9 +120,31 @@ class Claim:
             for item in items:
                 self._send([item])
 
+    def _wait_for_request_slot(self) -> bool:
+        """Take a slot of the account's request budget (SPOTLER_MAX_REQUESTS_PER_SECOND),
+        shared with every worker through the control row; False: the rows went back."""
+        rate = self.ctx.settings.max_requests_per_second
+        if not rate:
+            return True
+        # 10% headroom: requests start 1.1/rate apart, so network jitter between the start
+        # here and the arrival at Spotler cannot squeeze one more into any second.
+        interval = BUDGET_HEADROOM / rate
+        while True:
+            now = self.ctx.clock()
+            with self.ctx.engine.begin() as conn:
+                free_at = control.take_request_slot(conn, account=self.ctx.account, now=now,
+                                                    interval=interval)
+            if free_at is None:
+                return True
+            if time.monotonic() > self.deadline:
+                self._hand_back("not sent: the account's request budget left no slot before "
+                                "the claim ran out of time; due again now")
+                return False
+            time.sleep(min(max((free_at - now).total_seconds(), 0.005), 1.0))
+
     def _ask_verify_auth(self) -> Credentials:
         try:
-            self.ctx.client.verify_auth()
+            self.client.verify_auth()
         except DeliveryError:
             return Credentials.REFUSED
         return Credentials.WORK

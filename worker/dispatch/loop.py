@@ -9,6 +9,7 @@ after its lease expires, and Spotler's merge on orderid absorbs the repeat.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import random
@@ -16,14 +17,17 @@ import threading
 import time
 import uuid
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from spotler_outbox.models import claims, control
+from spotler_outbox.models.accounts import shown_account
 from spotler_outbox.models.clock import utc_now
 from spotler_outbox.models.settings import Settings
 from spotler_outbox.worker.dispatch.batch import Claim
 from spotler_outbox.worker.dispatch.context import Clock, DispatchContext, DispatchReport
 from spotler_outbox.worker.dispatch.retry_policy import Jitter, RetryPolicy
+from spotler_outbox.worker.spotler.accounts import AccountClients
 from spotler_outbox.worker.spotler.client import SpotlerClient
 from spotler_outbox.worker.spotler.errors import DeliveryError
 
@@ -32,9 +36,14 @@ log = logging.getLogger("spotler_outbox.dispatch")
 
 class Dispatcher:
     def __init__(
-        self, engine: Engine, client: SpotlerClient, settings: Settings, *,
+        self, engine: Engine, client: SpotlerClient | None, settings: Settings, *,
         worker_name: str = "worker", clock: Clock = utc_now, jitter: Jitter = random.random,
     ) -> None:
+        """`client` serves the default account (None: from the settings, if they name one);
+        the accounts of SPOTLER_ACCOUNTS_FILE get their own."""
+        if client is None and settings.account and settings.api_key:
+            client = SpotlerClient(settings)
+        self.clients = AccountClients(settings, default=client)
         self.ctx = DispatchContext(engine=engine, client=client, settings=settings,
                                    policy=RetryPolicy.from_settings(settings), clock=clock,
                                    jitter=jitter, worker_name=worker_name[:128])
@@ -45,7 +54,8 @@ class Dispatcher:
         return self.ctx.engine
 
     @property
-    def client(self) -> SpotlerClient:
+    def client(self) -> SpotlerClient | None:
+        """The default account's client."""
         return self.ctx.client
 
     @property
@@ -60,58 +70,94 @@ class Dispatcher:
         while not self.stopping.is_set():
             report = self.run_once()
             total.add(report)
-            if report.claimed == 0 or report.paused or report.rate_limited:
+            # A paused or held account leaves the others to flow: only an empty claim stops.
+            if report.claimed == 0:
                 break
             if time.monotonic() >= deadline:
                 total.budget_spent = True
                 break
         return total
 
+    def sendable_accounts(self, conn: sa.Connection, now: dt.datetime,
+                          report: DispatchReport | None = None) -> list[str]:
+        """Accounts with credentials that are neither paused nor held, in a random order: each
+        claim reads one account's rows, so a stopped account's rows are never read at all."""
+        self.clients.refresh()
+        states = control.read_controls(conn)
+        sendable = []
+        for account in self.clients.accounts:
+            state = states.get(account, control.NO_CONTROL)
+            if state.paused:
+                if report is not None:
+                    report.paused = True
+            elif state.rate_limited(now):
+                if report is not None:
+                    report.rate_limited = True
+            else:
+                sendable.append(account)
+        random.shuffle(sendable)  # fair between accounts, whichever has the older backlog
+        return sendable
+
     def run_once(self) -> DispatchReport:
-        """Claim one batch and settle every row of it."""
+        """Claim one batch of one account and settle every row of it."""
         report = DispatchReport()
         now = self.ctx.clock()
         token = uuid.uuid4().hex
         lease_until = now + dt.timedelta(seconds=self.settings.lease_seconds)
+        rows: list[claims.ClaimedRow] = []
         with self.engine.begin() as conn:
-            state = control.read_control(conn)
-            if state.paused:
-                report.paused = True
-                return report
-            if state.rate_limited(now):
-                report.rate_limited = True
-                return report
-            rows = claims.claim_due(conn, limit=self.settings.batch_size, token=token, now=now,
-                                    lease_until=lease_until)
+            for account in self.sendable_accounts(conn, now, report):
+                rows = claims.claim_due(conn, limit=self.settings.batch_size, token=token,
+                                        now=now, lease_until=lease_until, account=account)
+                if rows:
+                    break
         report.claimed = len(rows)
         if rows:
+            report.paused = report.rate_limited = False  # of other accounts: not this run's
             report.batches = 1
-            Claim(self.ctx, token, lease_until, report, rows).send_all()
+            ctx = dataclasses.replace(self.ctx, account=account,
+                                      client=self.clients.client_for(account))
+            Claim(ctx, token, lease_until, report, rows).send_all()
         return report
 
     def has_due_rows(self) -> bool:
-        with self.engine.begin() as conn:
-            return claims.any_due(conn, self.ctx.clock())
-
-    def recheck_credentials(self) -> bool | None:
-        """While paused, ask verifyAuth when the check is due. True: resumed; None: not due."""
+        """Whether an account that may send now has due rows."""
         now = self.ctx.clock()
         with self.engine.begin() as conn:
-            state = control.read_control(conn)
-        if not state.paused:
-            return True
+            return claims.any_due(conn, now, self.sendable_accounts(conn, now))
+
+    def recheck_credentials(self) -> bool | None:
+        """Ask verifyAuth for each paused account whose check is due, and resume those it
+        accepts. True: no account stays paused; False: one was refused again; None: the
+        paused ones are not due for a check yet."""
+        now = self.ctx.clock()
+        self.clients.refresh()
+        with self.engine.begin() as conn:
+            paused = {a: s for a, s in control.read_controls(conn).items() if s.paused}
+        result: bool | None = True
+        for account, state in sorted(paused.items()):
+            checked = self._recheck(account, state, now)
+            if checked is False or (checked is None and result is True):
+                result = checked
+        return result
+
+    def _recheck(self, account: str, state: control.Control, now: dt.datetime) -> bool | None:
         if state.next_auth_check_at is not None and state.next_auth_check_at > now:
             return None
+        client = self.clients.client_for(account)
+        if client is None:
+            return None  # no credentials for it any more: nothing can be sent either way
+        name = shown_account(account, self.settings)
         check_at = now + dt.timedelta(seconds=self.settings.auth_recheck_interval)
         try:
-            self.client.verify_auth()
+            client.verify_auth()
         except DeliveryError as e:
             with self.engine.begin() as conn:
-                control.schedule_auth_check(conn, now=now, check_at=check_at)
-            log.error("dispatch still paused: %s; next credential check at %s",
-                      e, check_at.isoformat(timespec="seconds"))
+                control.schedule_auth_check(conn, now=now, check_at=check_at, account=account)
+            log.error("dispatch for account %s still paused: %s; next credential check at %s",
+                      name, e, check_at.isoformat(timespec="seconds"))
             return False
         with self.engine.begin() as conn:
-            control.resume(conn, now=now)
-        log.warning("credentials verified again: dispatch resumed")
+            control.resume(conn, now=now, account=account)
+        log.warning("credentials of account %s verified again: its dispatch resumed", name)
         return True

@@ -130,17 +130,25 @@ def _partial_problem(body: str, sent: int) -> str | None:
 class SpotlerClient:
     """A keep-alive session to one Spotler account. The API key lives only in its headers."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, account: str | None = None,
+                 api_key: str | None = None) -> None:
+        """The account of `settings`, or `account` with its `api_key` (another store's)."""
         self.base_url = check_api_url(settings.api_url)
-        if not settings.account or not settings.api_key:
-            raise ConfigurationError("SPOTLER_ACCOUNT and SPOTLER_API_KEY must both be set")
+        if account is None:
+            account, api_key = settings.account, settings.api_key
+            if not account or not api_key:
+                raise ConfigurationError("SPOTLER_ACCOUNT and SPOTLER_API_KEY must both be set")
+        if not account or not api_key:
+            raise ConfigurationError(f"account {account!r}: an account id and an api key "
+                                     "are both needed")
+        self.account = account
         self.timeout = (settings.connect_timeout, settings.read_timeout)
         self.session = requests.Session()
         self.session.trust_env = False  # a proxy from the environment must not see the key
         self.session.verify = True
         self.session.headers.update({
-            "X-AUTH-ACCOUNT": settings.account,
-            "X-AUTH-APIKEY": settings.api_key,
+            "X-AUTH-ACCOUNT": account,
+            "X-AUTH-APIKEY": api_key,
             "User-Agent": USER_AGENT,
             "Content-Type": "application/json",
             "Accept": "application/json",
