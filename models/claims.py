@@ -81,7 +81,7 @@ def _claim(
     conn: sa.Connection, status: str, account: str, limit: int, token: str, now: dt.datetime,
     lease_until: dt.datetime,
 ) -> list[ClaimedRow]:
-    params = {"from_status": status, "account": account, "n": limit, "token": token, "now": now,
+    params = {"from_status": status, "of_account": account, "n": limit, "token": token, "now": now,
               "until": lease_until}
     if conn.dialect.name in ("mysql", "mariadb"):
         # MariaDB has no UPDATE ... RETURNING: lock the rows, then update them by id.
@@ -112,7 +112,7 @@ def _pick(*columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
     return (
         sa.select(*columns)
         .where(events.c.status == sa.bindparam("from_status"),
-               events.c.account == sa.bindparam("account"),
+               events.c.account == sa.bindparam("of_account"),
                events.c.next_attempt_at <= sa.bindparam("now"))
         .order_by(events.c.next_attempt_at)
         .limit(sa.bindparam("n"))

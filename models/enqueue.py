@@ -87,7 +87,7 @@ def _insert_unless_present(dialect: str) -> sa.Executable:
     caller's transaction. Built once per dialect: building it per call cost more than the
     round trip.
     """
-    params: dict[str, Any] = {name: sa.bindparam(name) for name in _KEY + ("payload",)}
+    params: dict[str, Any] = {name: sa.bindparam(name) for name in (*_KEY, "payload")}
     if dialect == "postgresql":
         return (postgresql.insert(_table).values(params)
                 .on_conflict_do_nothing(index_elements=list(_KEY))

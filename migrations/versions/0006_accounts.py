@@ -16,6 +16,8 @@ account (see 0003's note).
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -81,20 +83,20 @@ def _create_views(views: dict[str, str]) -> None:
         op.execute(f"CREATE VIEW {name} AS {select}")
 
 
-def _control_table(key: sa.Column[object]) -> list[sa.Column[object]]:
+def _control_table(key: sa.Column[Any]) -> list[sa.Column[Any]]:
+    budget: list[sa.Column[Any]] = [sa.Column("next_request_at", UTCDateTime, nullable=True)]
     return [
         key,
         sa.Column("paused_reason", sa.Text, nullable=True),
         sa.Column("paused_since", UTCDateTime, nullable=True),
         sa.Column("next_auth_check_at", UTCDateTime, nullable=True),
         sa.Column("not_before", UTCDateTime, nullable=True),
-        *([sa.Column("next_request_at", UTCDateTime, nullable=True)]
-          if key.name == "account" else []),
+        *(budget if key.name == "account" else []),
         sa.Column("updated_at", UTCDateTime, nullable=False, server_default=utc_now()),
     ]
 
 
-def _rebuild_control(key: sa.Column[object], key_value: object, old_key: str,
+def _rebuild_control(key: sa.Column[Any], key_value: object, old_key: str,
                      old_value: object) -> None:
     conn = op.get_bind()
     columns = ", ".join(_STATE)
