@@ -7,11 +7,17 @@ and `spotler-outbox status` can never disagree; this module adds the delivery at
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from spotler_outbox.models.operations import RATE_WINDOW, StatusSummary, status_summary
+from spotler_outbox.models.operations import (
+    RATE_WINDOW,
+    AccountSummary,
+    StatusSummary,
+    accounts_summary,
+    status_summary,
+)
 from spotler_outbox.models.tables import attempts_table
 
 
@@ -21,6 +27,7 @@ class MetricsSnapshot:
     attempts_by_outcome: dict[str, int]
     # Sorted ascending, so quantiles are read off by rank.
     recent_durations_ms: list[int]
+    accounts: list[AccountSummary] = field(default_factory=list)
 
 
 def attempts_by_outcome(conn: sa.Connection) -> dict[str, int]:
@@ -44,4 +51,5 @@ def read_snapshot(conn: sa.Connection, now: dt.datetime) -> MetricsSnapshot:
         summary=status_summary(conn, now),
         attempts_by_outcome=attempts_by_outcome(conn),
         recent_durations_ms=recent_durations_ms(conn, now - RATE_WINDOW),
+        accounts=accounts_summary(conn),
     )

@@ -97,6 +97,11 @@ _FAULT_FLAGS = (("--error-rate", float, 0.0), ("--error-status", int, 503),
                 ("--timeout-seconds", float, 60.0), ("--rate-limit-seconds", float, 0.0))
 
 
+def _account_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--account", metavar="ACCOUNT",
+                   help="one Spotler account (store) only; default: every account")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__,
@@ -114,25 +119,31 @@ def build_parser() -> argparse.ArgumentParser:
     command("migrate", cmd_migrate, "create or upgrade the outbox tables")
     p = command("status", cmd_status, "rows per status, backlog, pause and rate-limit state")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _account_option(p)
     p = command("list", cmd_list, "list outbox rows, oldest first")
     p.add_argument("--status", choices=[s.value for s in Status])
     p.add_argument("--older-than", type=parse_duration, metavar="AGE",
                    help="created at least this long ago: 90s, 10m, 2h, 1d, 2w")
     p.add_argument("--orderid", help="exact orderid, or a pattern with *")
     p.add_argument("--limit", type=positive_int, default=50)
+    _account_option(p)
     p = command("show", cmd_show, "one order: its row, its payload and every delivery attempt")
     p.add_argument("orderid", metavar="ORDERID")
+    _account_option(p)
     p = command("retry", cmd_retry, "make failed orders pending again, due now")
     p.add_argument("orderid", metavar="ORDERID", nargs="?")
     p.add_argument("--all-failed", action="store_true", help="every failed order (asks first)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _account_option(p)
     p = command("resend", cmd_resend, "send a delivered order again, on purpose (recorded)")
     p.add_argument("orderid", metavar="ORDERID")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _account_option(p)
     p = command("purge", cmd_purge,
                 "delete old delivered orders and the attempts left without orders")
     p.add_argument("--delivered-before", required=True, metavar="AGE_OR_DATE",
                    help="a duration such as 30d, or an ISO date/datetime (UTC unless given)")
+    _account_option(p)
     p = command("import", cmd_import, "enqueue Purchase events from a JSON Lines or CSV file",
                 epilog=importer.CSV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="FILE")

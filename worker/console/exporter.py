@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from spotler_outbox.models.accounts import DEFAULT_ACCOUNT, account_keys
 from spotler_outbox.models.clock import utc_now
 from spotler_outbox.models.database import (
     describe_database_error,
@@ -70,7 +71,7 @@ def families(snap: MetricsSnapshot, now: dt.datetime) -> Iterable[Metric]:
                  "Age (since created) of the oldest row due for sending; 0 when none is due.",
                  max(oldest, 0.0))
     yield _gauge("spotler_outbox_paused",
-                 "1 while dispatch is paused after Spotler refused the credentials.",
+                 "1 while an account's dispatch is paused after Spotler refused its credentials.",
                  1 if s.control.paused else 0)
     held = (s.control.not_before - now).total_seconds() if s.control.not_before else 0.0
     yield _gauge("spotler_outbox_rate_limited_until_seconds",
@@ -102,10 +103,46 @@ def families(snap: MetricsSnapshot, now: dt.datetime) -> Iterable[Metric]:
                  "Rows delivered in the last 5 minutes.", s.delivered_last_window)
 
 
+def account_families(snap: MetricsSnapshot, now: dt.datetime,
+                     settings: Settings | None) -> Iterable[Metric]:
+    """The per-account series: rows, pause, hold, and accounts without credentials."""
+    default_name = (settings.account if settings else "") or "default"
+    credentials: set[str] | None = None
+    if settings is not None:
+        try:
+            credentials = set(account_keys(settings).accounts)
+        except ConfigurationError as e:
+            log.warning("cannot tell which accounts have credentials: %s", e)
+    rows = GaugeMetricFamily("spotler_outbox_account_rows", "Outbox rows per account and status.",
+                             labels=["account", "status"])
+    paused = GaugeMetricFamily("spotler_outbox_account_paused",
+                               "1 while the account's dispatch is paused (401/403).",
+                               labels=["account"])
+    held = GaugeMetricFamily("spotler_outbox_account_rate_limited_until_seconds",
+                             "Seconds until the account's 429 hold ends; 0 when none.",
+                             labels=["account"])
+    missing = GaugeMetricFamily("spotler_outbox_account_without_credentials",
+                                "1 when the account has rows but no credentials: they wait.",
+                                labels=["account"])
+    for a in snap.accounts:
+        label = [default_name if a.account == DEFAULT_ACCOUNT else a.account]
+        for status, count in a.counts.items():
+            rows.add_metric([*label, status], count)
+        paused.add_metric(label, 1 if a.control.paused else 0)
+        left = (a.control.not_before - now).total_seconds() if a.control.not_before else 0.0
+        held.add_metric(label, max(left, 0.0))
+        if credentials is not None:
+            missing.add_metric(label, int(a.account not in credentials
+                                          and sum(a.counts.values()) > 0))
+    yield from (rows, paused, held, missing)
+
+
 class OutboxCollector(Collector):
-    def __init__(self, engine: Engine, clock: Callable[[], dt.datetime] = utc_now) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], dt.datetime] = utc_now,
+                 settings: Settings | None = None) -> None:
         self.engine = engine
         self.clock = clock
+        self.settings = settings  # tells which accounts have credentials
 
     def describe(self) -> Iterable[Metric]:
         return []  # registering must not touch the database
@@ -122,6 +159,7 @@ class OutboxCollector(Collector):
             return
         yield _gauge("spotler_outbox_up", "1 when the outbox database could be read.", 1)
         yield from families(snap, now)
+        yield from account_families(snap, now, self.settings)
 
 
 def exporter_engine(url: str) -> Engine:
@@ -141,10 +179,11 @@ def exporter_engine(url: str) -> Engine:
     return engine
 
 
-def start_exporter(engine: Engine, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+def start_exporter(engine: Engine, host: str, port: int, settings: Settings | None = None
+                   ) -> tuple[WSGIServer, threading.Thread]:
     """Serve /metrics from a daemon thread; port 0 picks a free port (server.server_port)."""
     registry = CollectorRegistry()
-    registry.register(OutboxCollector(engine))
+    registry.register(OutboxCollector(engine, settings=settings))
     return start_http_server(port, addr=host, registry=registry)
 
 
@@ -152,7 +191,7 @@ def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
     engine = exporter_engine(settings.database_url)
     try:
         try:
-            server, thread = start_exporter(engine, args.host, args.port)
+            server, thread = start_exporter(engine, args.host, args.port, settings)
         except OSError as e:
             raise ConfigurationError(f"cannot listen on {args.host}:{args.port}: "
                                      f"{e.strerror or e}") from e
