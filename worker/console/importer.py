@@ -27,12 +27,12 @@ from spotler_outbox.worker.logs import mask_emails
 CSV_HELP = """\
 CSV files (.csv) need a header row. Order-level columns are the Purchase field names (email,
 orderid, currency, timestamp, totalvalue, firstname, ..., custom_<name>); an empty cell leaves
-the field out. An `account` column names each order's Spotler account (store); empty or
-absent: the default account. Products come either as a JSON array in a `products` column, or one row per
-product with the columns product_id, quantity, price and optionally product_name, language and
-category_ids (separated by "|"); rows with the same orderid form one order, wherever they are
-in the file, and their order-level cells must agree; a refused order is reported by its first
-line. Any other file is JSON Lines: one JSON event per line, blank lines skipped. Orders
+the field out. An `account` column names each order's Spotler account (store); empty or absent:
+the default account. Products come either as a JSON array in a `products` column, or one row
+per product with the columns product_id, quantity, price and optionally product_name, language
+and category_ids (separated by "|"); rows with the same orderid form one order, wherever they
+are in the file, and their order-level cells must agree; a refused order is reported by its
+first line. Any other file is JSON Lines: one JSON event per line, blank lines skipped. Orders
 already in the outbox are counted, not added: importing a file twice is harmless."""
 
 PRODUCT_COLUMNS = {"product_id": "id", "quantity": "quantity", "price": "price",
