@@ -1,0 +1,214 @@
+"""Several Spotler accounts in one outbox, in-process against the fake API on each database:
+batches never mix accounts, and a pause, a hold or missing credentials stay in their account."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from spotler_outbox import enqueue_purchase
+from spotler_outbox.models import control
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.settings import Settings, reset_settings
+from spotler_outbox.models.tables import events
+from spotler_outbox.worker.console.cli import main
+from spotler_outbox.worker.dispatch import Dispatcher
+from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi, start_fake_api
+from tests.conftest import purchase
+from tests.integration.fixtures import ACCOUNT, API_KEY, delivery_settings
+
+BE, BE_KEY = "shop-be", "be-key-do-not-log-91c2"
+DE, DE_KEY = "shop-de", "de-key-do-not-log-5e7a"
+STORE = "custom_store"  # the test events name their account: the fake checks the headers by it
+
+
+@pytest.fixture(scope="module")
+def fake_api() -> Iterator[RunningFakeApi]:
+    with start_fake_api(accounts={ACCOUNT: API_KEY, BE: BE_KEY, DE: DE_KEY},
+                        account_field=STORE) as api:
+        yield api
+
+
+@pytest.fixture
+def api(fake_api: RunningFakeApi) -> RunningFakeApi:
+    fake_api.state.reset()
+    fake_api.state.set_accounts({ACCOUNT: API_KEY, BE: BE_KEY, DE: DE_KEY})
+    return fake_api
+
+
+def write_accounts(path: Path, keys: dict[str, str]) -> str:
+    path.write_text(json.dumps(keys))
+    return str(path)
+
+
+def settings_for(database_url: str, api: RunningFakeApi, tmp_path: Path,
+                 **overrides: object) -> Settings:
+    accounts = write_accounts(tmp_path / "accounts.json", {BE: BE_KEY})
+    return delivery_settings(database_url, api.url, accounts_file=accounts, **overrides)
+
+
+def enqueue(engine: Engine, settings: Settings, account: str | None, orderids: list[str]) -> None:
+    header = account or ACCOUNT
+    with Session(engine) as session, session.begin():
+        for orderid in orderids:
+            enqueue_purchase(session, purchase(orderid, **{STORE: header}), account=account,
+                             settings=settings)
+
+
+def rows(engine: Engine, account: str) -> list[sa.Row[tuple[object, ...]]]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(events).where(events.c.account == account)
+                                 .order_by(events.c.id)))
+
+
+def by_account(api: RunningFakeApi) -> dict[str, dict[str, int]]:
+    got = api.state.received_by_account()
+    assert got["misdirected_events"] == 0
+    return dict(got["accounts"])
+
+
+def test_the_same_orderid_in_two_accounts_is_two_orders_and_once_per_account(
+    engine: Engine, database_url: str
+) -> None:
+    settings = Settings(database_url=database_url, account=ACCOUNT, wakeup_enabled=False)
+    with Session(engine) as session, session.begin():
+        first = enqueue_purchase(session, purchase("100"), settings=settings)
+        named = enqueue_purchase(session, purchase("100"), account=ACCOUNT, settings=settings)
+        other = enqueue_purchase(session, purchase("100"), account=BE, settings=settings)
+        again = enqueue_purchase(session, purchase("100"), account=BE, settings=settings)
+    assert first.created and other.created
+    assert not named.created and named.id == first.id  # the default account, by its name
+    assert not again.created and again.id == other.id
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(events.c.account, events.c.orderid)).all()
+    assert sorted(stored) == [("", "100"), (BE, "100")]
+
+
+def test_batches_never_mix_accounts_and_each_carries_its_own_key(
+    engine: Engine, database_url: str, api: RunningFakeApi, tmp_path: Path
+) -> None:
+    settings = settings_for(database_url, api, tmp_path, batch_size=50)
+    orderids = [str(1000 + i) for i in range(40)]  # the same numbers in both stores
+    enqueue(engine, settings, None, orderids)
+    enqueue(engine, settings, BE, orderids)
+    dispatcher = Dispatcher(make_engine(database_url), None, settings)
+    report = dispatcher.run()
+    assert report.delivered == 80
+    assert by_account(api) == {ACCOUNT: dict.fromkeys(orderids, 1), BE: dict.fromkeys(orderids, 1)}
+    log = api.state.request_log()
+    assert len(log) == 2 and {e["account"] for e in log} == {ACCOUNT, BE}
+    assert all(e["status"] == 200 and e["events"] == 40 for e in log)
+
+
+def test_a_refused_key_pauses_only_its_account_and_its_recheck_resumes_it(
+    engine: Engine, database_url: str, api: RunningFakeApi, tmp_path: Path
+) -> None:
+    settings = settings_for(database_url, api, tmp_path, batch_size=10)
+    enqueue(engine, settings, None, [f"NL-{i}" for i in range(30)])
+    enqueue(engine, settings, BE, [f"BE-{i}" for i in range(30)])
+    api.state.set_account_key(BE, "rotated-at-spotler")  # our key for shop-be is now wrong
+    dispatcher = Dispatcher(make_engine(database_url), None, settings)
+    dispatcher.run()
+    dispatcher.run()
+    with engine.connect() as conn:
+        controls = control.read_controls(conn)
+    assert controls[BE].paused and not controls.get("", control.NO_CONTROL).paused
+    assert {r.status for r in rows(engine, "")} == {"delivered"}
+    assert {(r.status, r.attempts) for r in rows(engine, BE)} == {("pending", 0)}
+    assert dispatcher.recheck_credentials() in (None, False)
+
+    api.state.set_account_key(BE, BE_KEY)  # the key works again
+    time.sleep(settings.auth_recheck_interval)
+    assert dispatcher.recheck_credentials() is True
+    dispatcher.run()
+    assert {(r.status, r.attempts) for r in rows(engine, BE)} == {("delivered", 1)}
+    assert by_account(api)[BE] == {f"BE-{i}": 1 for i in range(30)}
+
+
+def test_a_429_holds_only_its_account(
+    engine: Engine, database_url: str, api: RunningFakeApi, tmp_path: Path
+) -> None:
+    settings = settings_for(database_url, api, tmp_path, batch_size=10)
+    enqueue(engine, settings, None, [f"NL-{i}" for i in range(20)])
+    enqueue(engine, settings, BE, [f"BE-{i}" for i in range(20)])
+    api.state.set_faults(Faults(rate_limit_seconds=30, only_accounts=[BE]))
+    dispatcher = Dispatcher(make_engine(database_url), None, settings)
+    for _ in range(3):
+        dispatcher.run()
+    with engine.connect() as conn:
+        controls = control.read_controls(conn)
+    now = dt.datetime.now(dt.UTC)
+    assert controls[BE].rate_limited(now)
+    assert not controls.get("", control.NO_CONTROL).rate_limited(now)
+    assert {r.status for r in rows(engine, "")} == {"delivered"}
+    assert {(r.status, r.attempts) for r in rows(engine, BE)} == {("pending", 0)}
+    assert [e["account"] for e in api.state.request_log() if e["status"] == 429] == [BE]
+
+
+def test_a_paused_accounts_due_rows_are_never_claimed_so_they_cannot_starve_the_others(
+    engine: Engine, database_url: str, api: RunningFakeApi, tmp_path: Path
+) -> None:
+    settings = settings_for(database_url, api, tmp_path, batch_size=10)
+    enqueue(engine, settings, BE, [f"BE-{i}" for i in range(200)])  # older, and many more
+    enqueue(engine, settings, None, [f"NL-{i}" for i in range(15)])
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as conn:
+        control.pause(conn, reason="HTTP 401", now=now, check_at=now + dt.timedelta(hours=1),
+                      account=BE)
+    before = [(r.id, r.updated_at, r.attempts, r.last_error) for r in rows(engine, BE)]
+    report = Dispatcher(make_engine(database_url), None, settings).run()
+    assert report.delivered == 15 and report.released == 0
+    # Not one of the paused account's rows was touched: no claim and hand back.
+    assert [(r.id, r.updated_at, r.attempts, r.last_error) for r in rows(engine, BE)] == before
+    assert BE not in by_account(api)
+
+
+def test_rows_of_an_account_without_credentials_wait_visibly_and_go_once_it_has_them(
+    engine: Engine, database_url: str, api: RunningFakeApi, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = settings_for(database_url, api, tmp_path)
+    enqueue(engine, settings, DE, ["DE-1", "DE-2"])
+    enqueue(engine, settings, None, ["NL-1"])
+    dispatcher = Dispatcher(make_engine(database_url), None, settings)
+    dispatcher.run()
+    assert {(r.status, r.attempts) for r in rows(engine, DE)} == {("pending", 0)}
+    for name, value in (("OUTBOX_DATABASE_URL", database_url), ("SPOTLER_ACCOUNT", ACCOUNT),
+                        ("SPOTLER_API_KEY", API_KEY),
+                        ("SPOTLER_ACCOUNTS_FILE", settings.accounts_file)):
+        monkeypatch.setenv(name, value)
+    reset_settings()
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "shop-de" in out and "NO CREDENTIALS: 2 rows wait for them" in out
+    assert main(["status", "--json", "--account", DE]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["counts"]["pending"] == 2 and shown["accounts"][0]["credentials"] is False
+
+    write_accounts(Path(settings.accounts_file), {BE: BE_KEY, DE: DE_KEY})
+    dispatcher.run()  # the same worker reads the changed file: no restart
+    assert {(r.status, r.attempts) for r in rows(engine, DE)} == {("delivered", 1)}
+    assert by_account(api)[DE] == {"DE-1": 1, "DE-2": 1}
+
+
+def test_request_slots_of_an_account_are_spaced_by_the_budget_whoever_takes_them(
+    engine: Engine,
+) -> None:
+    t0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
+    with engine.begin() as conn:
+        assert control.take_request_slot(conn, account=BE, now=t0, interval=0.25) is None
+        # A second worker at the same instant: not before the slot frees up.
+        assert control.take_request_slot(conn, account=BE, now=t0, interval=0.25) == \
+            t0 + dt.timedelta(seconds=0.25)
+        # Another account has its own budget.
+        assert control.take_request_slot(conn, account="", now=t0, interval=0.25) is None
+        later = t0 + dt.timedelta(seconds=0.25)
+        assert control.take_request_slot(conn, account=BE, now=later, interval=0.25) is None
