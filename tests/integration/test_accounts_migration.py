@@ -47,10 +47,9 @@ def test_an_upgrade_from_a_single_account_outbox_keeps_every_row_status_and_the_
             # The new key: the same orderid in another store is another order.
             conn.execute(sa.text("INSERT INTO outbox_events (account, event, orderid, payload) "
                                  "VALUES ('shop-be', 'Purchase', '1', '{}')"))
-            with pytest.raises(sa.exc.IntegrityError):
-                with conn.begin_nested():
-                    conn.execute(sa.text("INSERT INTO outbox_events (event, orderid, payload) "
-                                         "VALUES ('Purchase', '1', '{}')"))
+            with pytest.raises(sa.exc.IntegrityError), conn.begin_nested():
+                conn.execute(sa.text("INSERT INTO outbox_events (event, orderid, payload) "
+                                     "VALUES ('Purchase', '1', '{}')"))
         assert after == before and len(after) == len(ROWS)
         assert accounts == [("",)]
         assert control == [("", "HTTP 401")]
