@@ -212,3 +212,47 @@ def test_request_slots_of_an_account_are_spaced_by_the_budget_whoever_takes_them
         assert control.take_request_slot(conn, account="", now=t0, interval=0.25) is None
         later = t0 + dt.timedelta(seconds=0.25)
         assert control.take_request_slot(conn, account=BE, now=later, interval=0.25) is None
+
+
+def test_metrics_and_the_summary_view_show_each_accounts_rows_pause_and_missing_credentials(
+    engine: Engine, database_url: str, api: RunningFakeApi, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from spotler_outbox.worker.console import exporter
+
+    settings = settings_for(database_url, api, tmp_path, account=ACCOUNT)
+    enqueue(engine, settings, None, ["NL-1"])
+    enqueue(engine, settings, BE, ["BE-1", "BE-2"])
+    enqueue(engine, settings, DE, ["DE-1"])
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as conn:
+        control.pause(conn, reason="HTTP 401", now=now, check_at=now, account=BE)
+    server, thread = exporter.start_exporter(engine, "127.0.0.1", 0, settings)
+    try:
+        import requests
+
+        text = requests.get(f"http://127.0.0.1:{server.server_port}/metrics", timeout=10).text
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("spotler_outbox_account_rows", account=ACCOUNT, status="pending") == 1
+    assert value("spotler_outbox_account_rows", account=BE, status="pending") == 2
+    assert value("spotler_outbox_account_paused", account=BE) == 1
+    assert value("spotler_outbox_account_paused", account=ACCOUNT) == 0
+    assert value("spotler_outbox_paused") == 1
+    assert value("spotler_outbox_account_without_credentials", account=DE) == 1
+    assert value("spotler_outbox_account_without_credentials", account=BE) == 0
+    with engine.connect() as conn:
+        summary = {(r.account, r.status): int(r.row_count) for r in conn.execute(sa.text(
+            "SELECT account, status, row_count FROM outbox_status_summary"))}
+    assert summary == {(a, s): n for a, counts in (("", (1,)), (BE, (2,)), (DE, (1,)))
+                       for s, n in zip(("pending", "in_flight", "delivered", "failed"),
+                                       (*counts, 0, 0, 0), strict=True)}
