@@ -122,3 +122,22 @@ def test_import_puts_each_order_in_the_account_of_its_column(
     code, out, _ = run(capsys, "import", str(lines))
     assert code == 1 and "line 2: account: must be a string" in out
     assert ("shop-be", "2", "pending") in state(engine)
+
+
+def test_check_of_an_account_uses_its_key_from_the_accounts_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spotler_outbox.worker.fake_spotler.server import start_fake_api
+
+    accounts = tmp_path / "accounts.json"
+    accounts.write_text('{"shop-be": "be-check-key"}')
+    with start_fake_api(accounts={"shop-be": "be-check-key"}) as fake:
+        for name, value in (("SPOTLER_API_URL", fake.url), ("SPOTLER_ACCOUNT", ""),
+                            ("SPOTLER_ACCOUNTS_FILE", str(accounts))):
+            monkeypatch.setenv(name, value)
+        reset_settings()
+        code, out, err = run(capsys, "check", "--account", "shop-be")
+        assert code == 0 and "account shop-be" in out and "verifyAuth: OK" in out
+        assert "be-check-key" not in out + err
+        code, _, err = run(capsys, "check", "--account", "shop-de")
+        assert code == 2 and "'shop-de' has no credentials" in err

@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from spotler_outbox import migrations
+from spotler_outbox.models.accounts import account_keys
 from spotler_outbox.models.database import describe_database_error, shown_url
 from spotler_outbox.models.errors import ConfigurationError, NotFound, OutboxError, UsageError
 from spotler_outbox.models.settings import Settings, get_settings
@@ -74,13 +75,21 @@ def cmd_fake_api(args: argparse.Namespace, settings: Settings) -> int:
         fake_api.run_fake_api(args.host, args.port, account=args.account or settings.account
                               or "demo-account",
                               api_key=args.api_key or settings.api_key or "demo-key",
-                              faults=faults)
+                              faults=faults, accounts=_file_accounts(settings))
     except ValueError as e:
         raise UsageError(str(e)) from e
     except OSError as e:
         raise ConfigurationError(f"cannot listen on {args.host}:{args.port}: "
                                  f"{e.strerror or e}") from e
     return OK
+
+
+def _file_accounts(settings: Settings) -> dict[str, str]:
+    """The stores of SPOTLER_ACCOUNTS_FILE, which the fake API serves beside its account."""
+    if not settings.accounts_file:
+        return {}
+    return {credentials[0]: credentials[1] for account, credentials
+            in account_keys(settings).credentials.items() if account}
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -153,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sku", default="SPOTLER-OUTBOX-CHECK", help="the test product's id")
     p.add_argument("--currency", default="EUR")
     p.add_argument("--language", help="the product's language, e.g. nl-NL")
+    _account_option(p)
     p = command("fake-api", cmd_fake_api, "serve a fake Spotler API on loopback")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8900)

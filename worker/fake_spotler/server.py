@@ -486,10 +486,14 @@ def start_fake_api(
 def run_fake_api(
     host: str = "127.0.0.1", port: int = 0, *, account: str = "demo-account",
     api_key: str = "demo-key", faults: Faults | None = None,
-    announce: Callable[[str], None] | None = None,
+    announce: Callable[[str], None] | None = None, accounts: dict[str, str] | None = None,
 ) -> None:
-    """Serve in the foreground until Ctrl-C or SIGTERM; says its URL once, through `announce`."""
-    server = _Server(host, port, FakeSpotler(account, api_key, faults))
+    """Serve in the foreground until Ctrl-C or SIGTERM; says its URL once, through `announce`.
+    `accounts` ({"<account id>": "<api key>"}) are served beside `account`."""
+    state = FakeSpotler(account, api_key, faults)
+    if accounts:
+        state.set_accounts({account: api_key, **accounts})
+    server = _Server(host, port, state)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main_thread else None
     try:
