@@ -33,6 +33,9 @@ class AccountClients:
         self._clients: dict[str, tuple[tuple[str, str], SpotlerClient]] = {}
         self._reported: str | None = None
         self._load()
+        if not self.accounts:
+            log.error("no Spotler credentials: set SPOTLER_ACCOUNT and SPOTLER_API_KEY, or "
+                      "SPOTLER_ACCOUNTS_FILE; rows wait until an account has them")
 
     def _load(self) -> None:
         stamp = accounts_file_stamp(self.settings)
