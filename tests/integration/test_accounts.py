@@ -131,6 +131,10 @@ def test_a_refused_key_pauses_only_its_account_and_its_recheck_resumes_it(
     dispatcher.run()
     assert {(r.status, r.attempts) for r in rows(engine, BE)} == {("delivered", 1)}
     assert by_account(api)[BE] == {f"BE-{i}": 1 for i in range(30)}
+    with engine.connect() as conn:
+        stored = [str(r) for table in ("outbox_events", "delivery_attempts", "dispatch_control")
+                  for r in conn.execute(sa.text(f"SELECT * FROM {table}"))]
+    assert not [r for r in stored if BE_KEY in r or API_KEY in r]
 
 
 def test_a_429_holds_only_its_account(

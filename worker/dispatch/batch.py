@@ -197,7 +197,10 @@ class Claim:
             log.error("%d rows failed for good after their last attempt: %s", done.failed,
                       decision.reason)
         level = logging.INFO if decision.act is Act.DELIVER else logging.WARNING
-        log.log(level, "batch of %d events: %s, HTTP %s, %d ms", len(rows), decision.outcome,
+        # The default account's lines stay as they were; a store's name its account.
+        of = f" of account {self.ctx.account}" if self.ctx.account else ""
+        log.log(level, "batch of %d events%s: %s, HTTP %s, %d ms", len(rows), of,
+                decision.outcome,
                 record.http_status if record.http_status is not None else "-",
                 record.duration_ms)
 
