@@ -95,6 +95,10 @@ def account_keys(settings: Settings) -> AccountKeys:
     if settings.accounts_file:
         for account, key in read_accounts_file(settings.accounts_file).items():
             credentials[row_account(account, settings)] = (account, key)
+    if DEFAULT_ACCOUNT in credentials:
+        # Rows that name the default account (a producer without SPOTLER_ACCOUNT, plain SQL)
+        # are sent with its key too, rather than waiting for credentials for ever.
+        credentials.setdefault(settings.account, credentials[DEFAULT_ACCOUNT])
     return AccountKeys(credentials)
 
 

@@ -260,3 +260,19 @@ def test_metrics_and_the_summary_view_show_each_accounts_rows_pause_and_missing_
     assert summary == {(a, s): n for a, counts in (("", (1,)), (BE, (2,)), (DE, (1,)))
                        for s, n in zip(("pending", "in_flight", "delivered", "failed"),
                                        (*counts, 0, 0, 0), strict=True)}
+
+
+def test_plain_sql_rows_with_or_without_an_account_go_to_that_account_or_the_default(
+    engine: Engine, database_url: str, api: RunningFakeApi, tmp_path: Path
+) -> None:
+    settings = settings_for(database_url, api, tmp_path)
+    with engine.begin() as conn:
+        for account, orderid in ((None, "SQL-1"), (ACCOUNT, "SQL-2"), (BE, "SQL-1")):
+            payload = json.dumps(purchase(orderid, **{STORE: account or ACCOUNT}))
+            columns = "event, orderid, payload" + (", account" if account else "")
+            values = "'Purchase', :o, :p" + (", :a" if account else "")
+            conn.execute(sa.text(f"INSERT INTO outbox_events ({columns}) VALUES ({values})"),
+                         {"o": orderid, "p": payload, "a": account})
+    Dispatcher(make_engine(database_url), None, settings).run()
+    # The default account spelled out by name is sent with the default key, not left waiting.
+    assert by_account(api) == {ACCOUNT: {"SQL-1": 1, "SQL-2": 1}, BE: {"SQL-1": 1}}

@@ -38,10 +38,12 @@ def test_the_file_and_the_single_pair_both_give_credentials(tmp_path: Path) -> N
     path = tmp_path / "accounts.json"
     path.write_text(json.dumps({"shop-be": "key-be", "shop-de": "key-de"}))
     keys = account_keys(Settings(account="shop-nl", api_key="key-nl", accounts_file=str(path)))
-    assert keys.credentials == {"": ("shop-nl", "key-nl"), "shop-be": ("shop-be", "key-be"),
+    # Rows that spell the default account out (plain SQL) are sent with its key too.
+    assert keys.credentials == {"": ("shop-nl", "key-nl"), "shop-nl": ("shop-nl", "key-nl"),
+                                "shop-be": ("shop-be", "key-be"),
                                 "shop-de": ("shop-de", "key-de")}
     assert account_keys(Settings(accounts_file=str(path))).accounts == ["shop-be", "shop-de"]
-    assert account_keys(Settings(account="shop-nl", api_key="k")).accounts == [""]
+    assert account_keys(Settings(account="shop-nl", api_key="k")).accounts == ["", "shop-nl"]
 
 
 @pytest.mark.parametrize(("content", "problem"), [
