@@ -107,6 +107,9 @@ class Dispatcher:
         rows: list[claims.ClaimedRow] = []
         with self.engine.begin() as conn:
             for account in self.sendable_accounts(conn, now, report):
+                client = self.clients.client_for(account)
+                if client is None:
+                    continue
                 rows = claims.claim_due(conn, limit=self.settings.batch_size, token=token,
                                         now=now, lease_until=lease_until, account=account)
                 if rows:
@@ -115,8 +118,7 @@ class Dispatcher:
         if rows:
             report.paused = report.rate_limited = False  # of other accounts: not this run's
             report.batches = 1
-            ctx = dataclasses.replace(self.ctx, account=account,
-                                      client=self.clients.client_for(account))
+            ctx = dataclasses.replace(self.ctx, account=account, client=client)
             Claim(ctx, token, lease_until, report, rows).send_all()
         return report
 

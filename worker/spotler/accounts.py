@@ -41,16 +41,14 @@ class AccountClients:
         stamp = accounts_file_stamp(self.settings)
         try:
             keys = account_keys(self.settings)
+            self._reported = None
         except ConfigurationError as e:
             if str(e) != self._reported:
                 log.error("%s; keeping the accounts read before", e)
                 self._reported = str(e)
-            if self.settings.accounts_file and self._stamp is None and not self._keys.accounts:
-                keys = account_keys(self.settings.with_overrides(accounts_file=""))
-            else:
-                return
-        else:
-            self._reported = None
+            # Nothing read before: the single SPOTLER_ACCOUNT pair still works on its own.
+            keys = self._keys if self._stamp is not None or self._keys.accounts else \
+                account_keys(self.settings.with_overrides(accounts_file=""))
         self._stamp, self._keys = stamp, keys
 
     def refresh(self) -> None:
