@@ -35,7 +35,7 @@ from spotler_outbox.models.database import (
 )
 from spotler_outbox.models.errors import ConfigurationError
 from spotler_outbox.models.metrics_queries import MetricsSnapshot, read_snapshot
-from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.settings import Settings, get_settings
 
 log = logging.getLogger("spotler_outbox.metrics")
 
@@ -183,7 +183,7 @@ def start_exporter(engine: Engine, host: str, port: int, settings: Settings | No
                    ) -> tuple[WSGIServer, threading.Thread]:
     """Serve /metrics from a daemon thread; port 0 picks a free port (server.server_port)."""
     registry = CollectorRegistry()
-    registry.register(OutboxCollector(engine, settings=settings))
+    registry.register(OutboxCollector(engine, settings=settings or get_settings()))
     return start_http_server(port, addr=host, registry=registry)
 
 
