@@ -36,6 +36,7 @@ from spotler_outbox.models.database import (
 from spotler_outbox.models.errors import ConfigurationError
 from spotler_outbox.models.metrics_queries import MetricsSnapshot, read_snapshot
 from spotler_outbox.models.settings import Settings, get_settings
+from spotler_outbox.models.tables import DUE_STATUSES
 
 log = logging.getLogger("spotler_outbox.metrics")
 
@@ -122,7 +123,7 @@ def account_families(snap: MetricsSnapshot, now: dt.datetime,
                              "Seconds until the account's 429 hold ends; 0 when none.",
                              labels=["account"])
     missing = GaugeMetricFamily("spotler_outbox_account_without_credentials",
-                                "1 when the account has rows but no credentials: they wait.",
+                                "1 when the account has rows to send but no credentials.",
                                 labels=["account"])
     for a in snap.accounts:
         label = [default_name if a.account == DEFAULT_ACCOUNT else a.account]
@@ -132,8 +133,8 @@ def account_families(snap: MetricsSnapshot, now: dt.datetime,
         left = (a.control.not_before - now).total_seconds() if a.control.not_before else 0.0
         held.add_metric(label, max(left, 0.0))
         if credentials is not None:
-            missing.add_metric(label, int(a.account not in credentials
-                                          and sum(a.counts.values()) > 0))
+            waiting = sum(a.counts[status] for status in DUE_STATUSES)
+            missing.add_metric(label, int(a.account not in credentials and waiting > 0))
     yield from (rows, paused, held, missing)
 
 
