@@ -64,9 +64,9 @@ def claim_due(
     """Claim up to `limit` due rows of one account: in flight with an expired lease first,
     then pending. A batch never mixes accounts: each request carries one account's key.
 
-    One status per statement, so each reads the (status, next_attempt_at) index in order and
-    stops at `limit`: with `status IN (...)` every dialect sorts the whole due set, and InnoDB
-    would lock all of it, leaving concurrent claimers nothing.
+    One status per statement, so each reads the (status, account, next_attempt_at) index in
+    order and stops at `limit`: with `status IN (...)` every dialect sorts the whole due set,
+    and InnoDB would lock all of it, leaving concurrent claimers nothing.
     """
     claimed: list[ClaimedRow] = []
     for status in (Status.IN_FLIGHT.value, Status.PENDING.value):
