@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -19,6 +21,7 @@ from spotler_outbox.models import control
 from spotler_outbox.models.database import make_engine
 from spotler_outbox.models.settings import Settings, reset_settings
 from spotler_outbox.models.tables import events
+from spotler_outbox.worker.console import exporter
 from spotler_outbox.worker.console.cli import main
 from spotler_outbox.worker.dispatch import Dispatcher
 from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi, start_fake_api
@@ -221,10 +224,6 @@ def test_request_slots_of_an_account_are_spaced_by_the_budget_whoever_takes_them
 def test_metrics_and_the_summary_view_show_each_accounts_rows_pause_and_missing_credentials(
     engine: Engine, database_url: str, api: RunningFakeApi, tmp_path: Path
 ) -> None:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from spotler_outbox.worker.console import exporter
-
     settings = settings_for(database_url, api, tmp_path, account=ACCOUNT)
     enqueue(engine, settings, None, ["NL-1"])
     enqueue(engine, settings, BE, ["BE-1", "BE-2"])
@@ -234,8 +233,6 @@ def test_metrics_and_the_summary_view_show_each_accounts_rows_pause_and_missing_
         control.pause(conn, reason="HTTP 401", now=now, check_at=now, account=BE)
     server, thread = exporter.start_exporter(engine, "127.0.0.1", 0, settings)
     try:
-        import requests
-
         text = requests.get(f"http://127.0.0.1:{server.server_port}/metrics", timeout=10).text
     finally:
         server.shutdown()

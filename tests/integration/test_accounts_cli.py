@@ -17,6 +17,7 @@ from spotler_outbox.models.enqueue import enqueue_purchase
 from spotler_outbox.models.settings import Settings, reset_settings
 from spotler_outbox.models.tables import events
 from spotler_outbox.worker.console.cli import main
+from spotler_outbox.worker.fake_spotler.server import start_fake_api
 from tests.conftest import purchase
 
 DEFAULT = "shop-nl"
@@ -127,8 +128,6 @@ def test_import_puts_each_order_in_the_account_of_its_column(
 def test_check_of_an_account_uses_its_key_from_the_accounts_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from spotler_outbox.worker.fake_spotler.server import start_fake_api
-
     accounts = tmp_path / "accounts.json"
     accounts.write_text('{"shop-be": "be-check-key"}')
     with start_fake_api(accounts={"shop-be": "be-check-key"}) as fake:
