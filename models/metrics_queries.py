@@ -1,55 +1,38 @@
 """What the Prometheus exporter reads from the outbox on each scrape.
 
-The backlog, pause and delivery rate come from models.operations.status_summary, so the metrics
-and `spotler-outbox status` can never disagree; this module adds the delivery attempts.
+The backlog, pause and hold come from models.operations.status_summary, so the metrics and
+`spotler-outbox status` can never disagree; this module adds the delivery attempts the
+exporter has not counted yet (see worker/console/attempt_feed.py for why by id).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from spotler_outbox.models.operations import (
-    RATE_WINDOW,
-    AccountSummary,
-    StatusSummary,
-    accounts_summary,
-    status_summary,
-)
 from spotler_outbox.models.tables import attempts_table
 
 
 @dataclass(frozen=True)
-class MetricsSnapshot:
-    summary: StatusSummary
-    attempts_by_outcome: dict[str, int]
-    # Sorted ascending, so quantiles are read off by rank.
-    recent_durations_ms: list[int]
-    accounts: list[AccountSummary] = field(default_factory=list)
+class AttemptSample:
+    id: int
+    outcome: str
+    event_count: int
+    duration_ms: int
 
 
-def attempts_by_outcome(conn: sa.Connection) -> dict[str, int]:
+def highest_attempt_id(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.max(attempts_table.c.id))).scalar() or 0)
+
+
+def attempts_after(conn: sa.Connection, highest_seen: int,
+                   gaps: Sequence[tuple[int, int]]) -> list[AttemptSample]:
+    """Attempts with an id above `highest_seen` or inside one of the (first, last) gaps."""
+    ids = attempts_table.c.id
+    wanted = sa.or_(ids > highest_seen, *(ids.between(first, last) for first, last in gaps))
     rows = conn.execute(
-        sa.select(attempts_table.c.outcome, sa.func.count()).group_by(attempts_table.c.outcome)
-    )
-    return {outcome: int(count) for outcome, count in rows}
-
-
-def recent_durations_ms(conn: sa.Connection, since: dt.datetime) -> list[int]:
-    """Every request's duration since `since`: a few thousand integers in a busy window."""
-    return [int(ms) for ms in conn.execute(
-        sa.select(attempts_table.c.duration_ms)
-        .where(attempts_table.c.started_at >= since)
-        .order_by(attempts_table.c.duration_ms)
-    ).scalars()]
-
-
-def read_snapshot(conn: sa.Connection, now: dt.datetime) -> MetricsSnapshot:
-    return MetricsSnapshot(
-        summary=status_summary(conn, now),
-        attempts_by_outcome=attempts_by_outcome(conn),
-        recent_durations_ms=recent_durations_ms(conn, now - RATE_WINDOW),
-        accounts=accounts_summary(conn),
-    )
+        sa.select(ids, attempts_table.c.outcome, attempts_table.c.event_count,
+                  attempts_table.c.duration_ms).where(wanted).order_by(ids))
+    return [AttemptSample(int(i), str(o), int(n), int(ms)) for i, o, n, ms in rows]

@@ -352,11 +352,11 @@ def test_check_with_the_right_key_verifies_and_sends_one_test_purchase(
 ) -> None:
     spotler_env(monkeypatch, fake, API_KEY)
     code, out, err = run(capsys, "check", "--send-test-purchase", "--email",
-                         "tester@example.com", "--sku", "SKU-CHECK")
+                         "tester@example.com", "--sku", "SKU-CHECK", "--yes")
     assert code == 0, err
     assert "verifyAuth: OK, Spotler answered HTTP 200" in out
     assert "track: Spotler answered HTTP 200" in out and '"created":1' in out
-    assert "Audience > Profiles" in out
+    assert "Api inserted / api verified" in out
     assert "tester@example.com" not in out and API_KEY not in out + err
     received = fake.state.received()["orderids"]
     assert len(received) == 1

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
-import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-import yaml
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine, make_url
 
-from spotler_outbox.models import claims, control, tables
+from spotler_outbox.models import claims, control, operations, tables
 from spotler_outbox.models.claims import AttemptRecord, ClaimedRow
 from spotler_outbox.models.database import make_engine
-from spotler_outbox.models.operations import RATE_WINDOW
 from spotler_outbox.models.settings import reset_settings
 from spotler_outbox.worker.console import exporter as metrics
 from spotler_outbox.worker.console.cli import main
+from tests.integration.fixtures import row
 from tests.integration.fixtures import seed_row as seed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,15 +68,16 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 def attempt(engine: Engine, row_id: int, started: dt.datetime, duration_ms: int,
-            outcome: str) -> None:
-    record = AttemptRecord(started_at=started, duration_ms=duration_ms, event_count=1,
+            outcome: str, event_count: int = 1) -> None:
+    record = AttemptRecord(started_at=started, duration_ms=duration_ms, event_count=event_count,
                            http_status=200 if outcome == "delivered" else 503, outcome=outcome,
                            error_class=None, response_excerpt=None, worker="w1")
     with engine.begin() as conn:
         claims.record_attempt(conn, record, [ClaimedRow(row_id, "", "", 1, started)])
 
 
-def seed_busy_outbox(engine: Engine) -> None:
+def seed_busy_outbox(engine: Engine) -> int:
+    """Rows of every kind, a pause and a hold; returns a delivered row's id."""
     seed(engine, "P-OLD", created_at=ago(minutes=40), next_attempt_at=ago(minutes=30))
     seed(engine, "P-NEWER", created_at=ago(minutes=20), next_attempt_at=ago(minutes=20))
     # Older still, but waiting out a backoff: not due, so not the oldest due row.
@@ -86,17 +85,24 @@ def seed_busy_outbox(engine: Engine) -> None:
     seed(engine, "F-1", status="failed", last_error="rejected")
     seed(engine, "F-2", status="failed", last_error="gave up")
     delivered = seed(engine, "D-1", status="delivered", delivered_at=ago(minutes=1))
-    attempt(engine, delivered, ago(minutes=1), 200, "delivered")
-    attempt(engine, delivered, ago(minutes=2), 800, "retryable")
-    attempt(engine, delivered, ago(hours=1), 5000, "rejected")  # outside the 5 minutes
     with engine.begin() as conn:
         control.pause(conn, reason="HTTP 401: bad key", now=now(), check_at=ago(minutes=-1))
         control.hold_until(conn, now=now(), not_before=ago(seconds=-120))
+    return delivered
 
 
-def test_a_scrape_reports_backlog_failures_pause_hold_attempts_and_durations(
-    exporter: str, engine: Engine
-) -> None:
+OUTCOMES = ("delivered", "retryable", "rate_limited", "auth_failed", "redirected", "rejected",
+            "partial")
+# Hand-labelled: (outcome, events in the request, duration in ms).
+LABELLED_ATTEMPTS = [("delivered", 3, 40), ("delivered", 2, 200), ("retryable", 5, 3000),
+                     ("rejected", 1, 8)]
+
+
+def requests_by_outcome(samples: Samples) -> dict[str, float]:
+    return {o: value(samples, "spotler_outbox_requests_total", outcome=o) for o in OUTCOMES}
+
+
+def test_a_scrape_reports_backlog_failures_pause_and_hold(exporter: str, engine: Engine) -> None:
     seed_busy_outbox(engine)
 
     samples = scrape(exporter)
@@ -108,27 +114,114 @@ def test_a_scrape_reports_backlog_failures_pause_hold_attempts_and_durations(
     assert 40 * 60 <= value(samples, "spotler_outbox_oldest_due_age_seconds") < 41 * 60
     assert value(samples, "spotler_outbox_paused") == 1
     assert 100 < value(samples, "spotler_outbox_rate_limited_until_seconds") <= 120
-    assert value(samples, "spotler_outbox_delivered_total") == 1
-    assert value(samples, "spotler_outbox_failed_rows") == 2
-    assert {o: value(samples, "spotler_outbox_attempts_total", outcome=o) for o in
-            ("delivered", "retryable", "rejected")} == {
-        "delivered": 1, "retryable": 1, "rejected": 1}
-    assert [value(samples, "spotler_outbox_request_duration_seconds", quantile=q)
-            for q in ("0.5", "0.9", "0.99")] == [0.2, 0.8, 0.8]
-    assert value(samples, "spotler_outbox_requests_last_5m") == 2
-    assert value(samples, "spotler_outbox_deliveries_last_5m") == 1
 
 
-def test_an_empty_outbox_reports_zeros_and_no_durations(exporter: str) -> None:
+def test_counters_start_at_zero_for_every_outcome_and_count_each_later_attempt_once(
+    exporter: str, engine: Engine
+) -> None:
+    row_id = seed_busy_outbox(engine)
+    attempt(engine, row_id, ago(minutes=1), 100, "delivered", 7)  # before the exporter's start
+
+    first = scrape(exporter)
+    for outcome, events_in_it, ms in LABELLED_ATTEMPTS:
+        attempt(engine, row_id, ago(seconds=1), ms, outcome, events_in_it)
+    second, third = scrape(exporter), scrape(exporter)
+
+    assert requests_by_outcome(first) == dict.fromkeys(OUTCOMES, 0)
+    assert value(first, "spotler_outbox_delivered_events_total") == 0
+    assert value(first, "spotler_outbox_request_duration_seconds_count") == 0
+    for later in (second, third):
+        assert requests_by_outcome(later) == {**dict.fromkeys(OUTCOMES, 0), "delivered": 2,
+                                              "retryable": 1, "rejected": 1}
+        assert value(later, "spotler_outbox_delivered_events_total") == 5
+        assert value(later, "spotler_outbox_request_duration_seconds_count") == 4
+        assert value(later, "spotler_outbox_request_duration_seconds_sum") == pytest.approx(3.248)
+        assert {le: value(later, "spotler_outbox_request_duration_seconds_bucket", le=le)
+                for le in ("0.01", "0.05", "0.25", "2.5", "5.0", "+Inf")} == {
+            "0.01": 1, "0.05": 2, "0.25": 3, "2.5": 3, "5.0": 4, "+Inf": 4}
+
+
+def test_a_purge_of_delivered_rows_and_their_attempts_lowers_no_counter(
+    exporter: str, engine: Engine
+) -> None:
+    row_id = seed_busy_outbox(engine)
+    scrape(exporter)
+    attempt(engine, row_id, ago(seconds=1), 50, "delivered", 4)
+    # The newest attempt is a pending row's, which no purge deletes.
+    pending = int(row(engine, "P-OLD").id)
+    attempt(engine, pending, ago(seconds=1), 50, "retryable", 1)
+    before = scrape(exporter)
+
+    assert operations.purge(engine, delivered_before=now()) == (1, 1)
+    after_purge = scrape(exporter)
+    later = seed(engine, "D-2", status="delivered", delivered_at=now())
+    attempt(engine, later, now(), 50, "delivered", 1)
+    after_more = scrape(exporter)
+
+    assert value(before, "spotler_outbox_delivered_events_total") == 4
+    assert value(after_purge, "spotler_outbox_delivered_events_total") == 4
+    assert value(after_purge, "spotler_outbox_requests_total", outcome="delivered") == 1
+    assert value(after_purge, "spotler_outbox_rows", status="delivered") == 0
+    assert value(after_more, "spotler_outbox_delivered_events_total") == 5
+    assert value(after_more, "spotler_outbox_requests_total", outcome="delivered") == 2
+
+
+def test_an_attempt_that_commits_after_a_later_one_is_still_counted(
+    server_database_url: str,
+) -> None:
+    engine = metrics.exporter_engine(server_database_url)
+    try:
+        row_id = seed(engine, "D-1", status="delivered", delivered_at=now())
+        for url in serve(engine):
+            scrape(url)
+            with engine.connect() as slow:
+                slow_tx = slow.begin()
+                attempt_in(slow, row_id, "retryable")  # takes the lower id, commits last
+                attempt(engine, row_id, now(), 10, "delivered")
+                while_open = scrape(url)
+                slow_tx.commit()
+            after = scrape(url)
+    finally:
+        engine.dispose()
+
+    assert value(while_open, "spotler_outbox_requests_total", outcome="retryable") == 0
+    assert value(while_open, "spotler_outbox_requests_total", outcome="delivered") == 1
+    assert value(after, "spotler_outbox_requests_total", outcome="retryable") == 1
+    assert value(after, "spotler_outbox_requests_total", outcome="delivered") == 1
+
+
+def attempt_in(conn: sa.Connection, row_id: int, outcome: str) -> None:
+    record = AttemptRecord(started_at=now(), duration_ms=10, event_count=1, http_status=503,
+                           outcome=outcome, error_class=None, response_excerpt=None, worker="w")
+    claims.record_attempt(conn, record, [ClaimedRow(row_id, "", "", 1, now())])
+
+
+def test_every_family_is_one_kind_and_none_repeats_another(exporter: str) -> None:
+    text = requests.get(exporter, timeout=10).text
+    kinds = {family.name: family.type for family in text_string_to_metric_families(text)}
+
+    assert kinds == {
+        "spotler_outbox_up": "gauge", "spotler_outbox_rows": "gauge",
+        "spotler_outbox_oldest_due_age_seconds": "gauge", "spotler_outbox_paused": "gauge",
+        "spotler_outbox_rate_limited_until_seconds": "gauge",
+        "spotler_outbox_requests": "counter", "spotler_outbox_delivered_events": "counter",
+        "spotler_outbox_request_duration_seconds": "histogram",
+        # Per Spotler account (several stores): tests/integration/test_accounts.py.
+        "spotler_outbox_account_rows": "gauge", "spotler_outbox_account_paused": "gauge",
+        "spotler_outbox_account_rate_limited_until_seconds": "gauge",
+        "spotler_outbox_account_without_credentials": "gauge",
+    }
+
+
+def test_an_empty_outbox_reports_every_status_and_zeros(exporter: str) -> None:
     samples = scrape(exporter)
 
     assert value(samples, "spotler_outbox_up") == 1
-    assert value(samples, "spotler_outbox_rows", status="pending") == 0
+    for status in ("pending", "in_flight", "delivered", "failed"):
+        assert value(samples, "spotler_outbox_rows", status=status) == 0
     for name in ("spotler_outbox_oldest_due_age_seconds", "spotler_outbox_paused",
-                 "spotler_outbox_rate_limited_until_seconds", "spotler_outbox_failed_rows",
-                 "spotler_outbox_deliveries_last_5m", "spotler_outbox_requests_last_5m"):
+                 "spotler_outbox_rate_limited_until_seconds"):
         assert value(samples, name) == 0, name
-    assert math.isnan(value(samples, "spotler_outbox_request_duration_seconds", quantile="0.5"))
 
 
 def test_a_hold_that_has_passed_and_a_resumed_pause_report_zero(
@@ -185,17 +278,6 @@ def test_a_scrape_with_the_database_unreachable_reports_down_logs_one_line_and_k
     assert "cannot read the outbox" in logs.lines[0]
 
 
-def test_the_5m_series_cover_the_rate_window_of_the_status_command() -> None:
-    assert dt.timedelta(minutes=metrics.WINDOW_MINUTES) == RATE_WINDOW
-
-
-def test_quantiles_are_nearest_rank_over_the_sorted_durations() -> None:
-    values = list(range(1, 101))
-    assert [metrics.quantile(values, q) for q in (0.5, 0.9, 0.99, 1.0)] == [50, 90, 99, 100]
-    assert metrics.quantile([7], 0.99) == 7
-    assert math.isnan(metrics.quantile([], 0.5))
-
-
 # --- the command ---------------------------------------------------------------------------
 
 @pytest.fixture
@@ -227,42 +309,3 @@ def test_the_metrics_command_refuses_a_missing_sqlite_file_instead_of_creating_i
     assert main(["metrics", "--port", "0"]) == 2
     assert "no SQLite outbox" in capsys.readouterr().err
     assert not missing.exists()
-
-
-# --- the alert rules -----------------------------------------------------------------------
-
-PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "sum", "min", "max", "avg", "group",
-                "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values"}
-# Series Prometheus makes itself for every scrape.
-PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
-
-
-def metric_names(expr: str) -> set[str]:
-    """The series an expression reads: identifiers that are no function, keyword or label."""
-    bare = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
-    bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", bare)
-    bare = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", bare)
-    names = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*(?!\s*\()\b", bare))
-    functions = set(re.findall(r"([A-Za-z_]+)\s*\(", bare))
-    return names - functions - PROMQL_WORDS
-
-
-def test_every_alert_rule_reads_only_series_the_exporter_exports(
-    exporter: str, engine: Engine
-) -> None:
-    seed_busy_outbox(engine)
-    exported = {name for name, _ in scrape(exporter)}
-    rules = yaml.safe_load((ROOT / "ops" / "prometheus-alerts.yml").read_text())
-    config = yaml.safe_load((ROOT / "ops" / "prometheus.yml").read_text())
-    jobs = {job["job_name"] for job in config["scrape_configs"]}
-
-    alerts = {rule["alert"]: rule["expr"] for group in rules["groups"]
-              for rule in group["rules"]}
-    assert len(alerts) >= 4
-    for alert, expr in alerts.items():
-        names = metric_names(str(expr))
-        assert names, f"{alert}: no metric found in {expr!r}"
-        assert names <= exported | PROMETHEUS_SERIES, f"{alert} reads {names - exported}"
-        for job in re.findall(r'job\s*=\s*"([^"]+)"', str(expr)):
-            assert job in jobs, f"{alert} selects job {job!r}, not scraped by prometheus.yml"
-    assert "prometheus-alerts.yml" in config["rule_files"]

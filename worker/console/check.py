@@ -16,11 +16,13 @@ from spotler_outbox.worker.logs import mask_emails
 from spotler_outbox.worker.spotler.client import SpotlerClient
 from spotler_outbox.worker.spotler.errors import DeliveryError
 
-OK, PROBLEMS = 0, 1
+OK, PROBLEMS, USAGE = 0, 1, 2
 AUDIENCE_CHECK = """\
-To see it arrive: in Spotler Activate, open Audience > Profiles, search for the e-mail address
-you gave with --email, open the profile and look for a Purchase event with orderid {orderid}
-in its event history (it can take a minute to show).{hashed}"""
+To confirm it in Spotler Activate (it can take a few minutes to show):
+  1. Audiences: make an audience with the condition "Api inserted / api verified", as
+     Spotler's help page describes; the test profile ({email}) should be in it.
+  2. Audience > Profiles: search for that address, open the profile and find the Purchase
+     event with orderid {orderid} in its event history.{hashed}"""
 
 
 def _test_purchase(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -29,9 +31,11 @@ def _test_purchase(args: argparse.Namespace, settings: Settings) -> dict[str, An
     product: dict[str, Any] = {"id": args.sku, "quantity": 1, "price": 0.0}
     if args.language:
         product["language"] = args.language
-    event = {"event": "Purchase", "email": args.email, "products": [product],
-             "orderid": f"spotler-outbox-check-{utc_now().strftime('%Y%m%dT%H%M%SZ')}",
-             "currency": args.currency, "timestamp": int(utc_now().timestamp())}
+    # No timestamp (Spotler takes the time of arrival), so that the event printed by a run
+    # without --yes is exactly the one a run with --yes and the same --orderid sends.
+    orderid = args.orderid or f"spotler-outbox-check-{utc_now().strftime('%Y%m%dT%H%M%SZ')}"
+    event = {"event": "Purchase", "email": args.email, "orderid": orderid,
+             "products": [product], "currency": args.currency}
     try:
         return validate_purchase(event, settings)
     except InvalidEvent as e:
@@ -56,6 +60,22 @@ def _client(args: argparse.Namespace, settings: Settings) -> SpotlerClient:
     return SpotlerClient(settings, account=credentials[0], api_key=credentials[1])
 
 
+def _show_request(client: SpotlerClient, event: dict[str, Any], *, sending: bool) -> None:
+    verb = "Sending" if sending else "Would send"
+    print(f"{verb} one real Purchase to POST {client.base_url}/v1/track, this body (the e-mail "
+          "address masked here, sent as given):")
+    print(mask_emails(json.dumps({"events": [event]}, indent=2, ensure_ascii=False)))
+
+
+def _refuse_without_yes(args: argparse.Namespace, orderid: str) -> int:
+    language = f" --language {args.language}" if args.language else ""
+    print("Nothing sent: this is a real purchase in a live account, so it needs --yes. To send "
+          "exactly this, run:\n"
+          f"  spotler-outbox check --send-test-purchase --email ADDRESS --sku {args.sku} "
+          f"--currency {args.currency}{language} --orderid {orderid} --yes")
+    return USAGE
+
+
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     event = _test_purchase(args, settings) if args.send_test_purchase else None
     client = _client(args, settings)
@@ -70,7 +90,9 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             return PROBLEMS
         if event is None:
             return OK
-        print("Sending one test purchase:\n" + mask_emails(json.dumps(event, indent=2)))
+        _show_request(client, event, sending=args.yes)
+        if not args.yes:
+            return _refuse_without_yes(args, event["orderid"])
         try:
             accepted = client.track([event])
             print(f"track: Spotler answered HTTP {accepted.http_status}: "
@@ -80,9 +102,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             return PROBLEMS
         hashed = ("\nSPOTLER_HASH_EMAIL is on: the profile holds the SHA-256 of the address."
                   if settings.hash_email else "")
-        print(AUDIENCE_CHECK.format(orderid=event["orderid"], hashed=hashed))
+        print(AUDIENCE_CHECK.format(email=mask_emails(args.email), orderid=event["orderid"],
+                                    hashed=hashed))
         return OK
     finally:
         client.close()
-
-

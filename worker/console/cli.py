@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sku", default="SPOTLER-OUTBOX-CHECK", help="the test product's id")
     p.add_argument("--currency", default="EUR")
     p.add_argument("--language", help="the product's language, e.g. nl-NL")
+    p.add_argument("--orderid", help="the test order's id (default: spotler-outbox-check-TIME)")
+    p.add_argument("--yes", action="store_true",
+                   help="really send the test purchase (without it, only shows it)")
     _account_option(p)
     p = command("fake-api", cmd_fake_api, "serve a fake Spotler API on loopback")
     p.add_argument("--host", default="127.0.0.1")

@@ -1,26 +1,34 @@
 """`spotler-outbox metrics`: a Prometheus exporter that reads the outbox on every scrape.
 
-The outbox rows are the truth, and several workers share them, so nothing is counted in
-process: each scrape asks the database. When the database cannot be read the scrape still
-answers, with spotler_outbox_up 0, so Prometheus can tell "outbox unreadable" from "exporter
-gone" (its own `up` series).
+Several workers share the outbox, so the gauges (backlog, pause, hold) are read from the
+database on each scrape. The counters and the duration histogram are fed from
+`delivery_attempts`: each attempt is counted once, in this process, when a scrape first sees
+it, so a purge of old attempts never lowers them; they start at 0 with the exporter, every
+outcome present. When the database cannot be read the scrape still answers, with
+spotler_outbox_up 0, so Prometheus can tell "outbox unreadable" from "exporter gone" (its own
+`up` series).
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import datetime as dt
 import logging
-import math
 import signal
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import sqlalchemy as sa
 from prometheus_client import start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -34,35 +42,93 @@ from spotler_outbox.models.database import (
     shown_url,
 )
 from spotler_outbox.models.errors import ConfigurationError
-from spotler_outbox.models.metrics_queries import MetricsSnapshot, read_snapshot
+from spotler_outbox.models.metrics_queries import (
+    AttemptSample,
+    attempts_after,
+    highest_attempt_id,
+)
+from spotler_outbox.models.operations import (
+    AccountSummary,
+    StatusSummary,
+    accounts_summary,
+    status_summary,
+)
 from spotler_outbox.models.settings import Settings, get_settings
 from spotler_outbox.models.tables import DUE_STATUSES
+from spotler_outbox.worker.console.attempt_feed import FeedPosition, advance
+from spotler_outbox.worker.spotler.errors import OUTCOMES
 
 log = logging.getLogger("spotler_outbox.metrics")
 
-QUANTILES = (0.5, 0.9, 0.99)
-# The *_last_5m series cover models.operations.RATE_WINDOW (what `status` shows too); the
-# names are spelled out so that alert rules can be checked against them.
-WINDOW_MINUTES = 5
+# Seconds; a request to Spotler on loopback takes milliseconds, over the internet tens to
+# hundreds of them, and the read timeout (30 s by default) ends it in the last bucket.
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# An attempt's transaction commits within seconds of taking its id; far above that, a missing
+# id was burnt by a rollback and is no longer looked for.
+GAP_GRACE = dt.timedelta(minutes=10)
 # Prometheus gives up on a scrape after 10 s by default; an unreachable host must fail sooner
 # than that, or the scrape threads pile up behind the connection pool.
 CONNECT_TIMEOUT_SECONDS = 5
+UP_HELP = "1 when the outbox database could be read."
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
-def quantile(sorted_values: Sequence[int], q: float) -> float:
-    """Nearest rank: always one of the observed values, NaN when there are none."""
-    if not sorted_values:
-        return math.nan
-    rank = max(math.ceil(q * len(sorted_values)) - 1, 0)
-    return float(sorted_values[rank])
+class AttemptCounters:
+    """Requests per outcome, delivered events and request durations since the exporter began."""
+
+    def __init__(self) -> None:
+        self.position: FeedPosition | None = None
+        self.requests = dict.fromkeys(OUTCOMES, 0)
+        self.delivered_events = 0
+        self.bucket_counts = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
+        self.duration_sum = 0.0
+
+    def read(self, conn: sa.Connection, now: dt.datetime) -> None:
+        """Count the attempts recorded since the last read (none on the first: start at 0)."""
+        highest = highest_attempt_id(conn)
+        if self.position is None or highest < self.position.highest_seen:
+            # At the start; or on SQLite, which hands out the ids of deleted rows again when
+            # the newest attempts were purged (no deliveries for the whole retention period).
+            self.position = FeedPosition(highest)
+            return
+        gaps = [(g.first, g.last) for g in self.position.gaps]
+        samples = attempts_after(conn, self.position.highest_seen, gaps)
+        for sample in samples:
+            self.count(sample)
+        self.position = advance(self.position, (s.id for s in samples), now, GAP_GRACE)
+
+    def count(self, sample: AttemptSample) -> None:
+        self.requests[sample.outcome] = self.requests.get(sample.outcome, 0) + 1
+        if sample.outcome == "delivered":
+            self.delivered_events += sample.event_count
+        seconds = sample.duration_ms / 1000
+        self.bucket_counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.duration_sum += seconds
+
+    def families(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            "spotler_outbox_requests", "Requests to Spotler by outcome, counted from "
+            "delivery_attempts since the exporter started.", labels=["outcome"])
+        for outcome, count in sorted(self.requests.items()):
+            requests.add_metric([outcome], count)
+        yield requests
+        yield CounterMetricFamily(
+            "spotler_outbox_delivered_events", "Events Spotler took (in requests with "
+            "outcome delivered) since the exporter started.", value=self.delivered_events)
+        cumulative, buckets = 0, []
+        for bound, count in zip((*DURATION_BUCKETS, float("inf")), self.bucket_counts,
+                                strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            "spotler_outbox_request_duration_seconds", "Duration of requests to Spotler, "
+            "since the exporter started.", buckets=buckets, sum_value=self.duration_sum)
 
 
-def families(snap: MetricsSnapshot, now: dt.datetime) -> Iterable[Metric]:
-    s = snap.summary
+def outbox_families(s: StatusSummary, now: dt.datetime) -> Iterable[Metric]:
     rows = GaugeMetricFamily("spotler_outbox_rows", "Outbox rows per status.", labels=["status"])
     for status, count in s.counts.items():
         rows.add_metric([status], count)
@@ -78,33 +144,9 @@ def families(snap: MetricsSnapshot, now: dt.datetime) -> Iterable[Metric]:
     yield _gauge("spotler_outbox_rate_limited_until_seconds",
                  "Seconds until Spotler's Retry-After hold ends; 0 when there is none.",
                  max(held, 0.0))
-    # Counts of rows still in the outbox: a purge lowers them, which Prometheus reads as a reset.
-    yield CounterMetricFamily("spotler_outbox_delivered_total",
-                              "Delivered rows in the outbox (purged rows no longer count).",
-                              value=s.counts.get("delivered", 0))
-    yield _gauge("spotler_outbox_failed_rows", "Rows parked as failed, waiting for an operator.",
-                 s.counts.get("failed", 0))
-    attempts = CounterMetricFamily("spotler_outbox_attempts_total",
-                                   "Requests to Spotler recorded in delivery_attempts, by "
-                                   "outcome (purged attempts no longer count).",
-                                   labels=["outcome"])
-    for outcome, count in sorted(snap.attempts_by_outcome.items()):
-        attempts.add_metric([outcome], count)
-    yield attempts
-    durations = GaugeMetricFamily("spotler_outbox_request_duration_seconds",
-                                  "Quantiles of request durations over the last 5 minutes; "
-                                  "NaN without requests.", labels=["quantile"])
-    for q in QUANTILES:
-        durations.add_metric([str(q)], quantile(snap.recent_durations_ms, q) / 1000)
-    yield durations
-    yield _gauge("spotler_outbox_requests_last_5m",
-                 "Requests to Spotler started in the last 5 minutes.",
-                 len(snap.recent_durations_ms))
-    yield _gauge("spotler_outbox_deliveries_last_5m",
-                 "Rows delivered in the last 5 minutes.", s.delivered_last_window)
 
 
-def account_families(snap: MetricsSnapshot, now: dt.datetime,
+def account_families(accounts: list[AccountSummary], now: dt.datetime,
                      settings: Settings | None) -> Iterable[Metric]:
     """The per-account series: rows, pause, hold, and accounts without credentials."""
     default_name = (settings.account if settings else "") or "default"
@@ -125,7 +167,7 @@ def account_families(snap: MetricsSnapshot, now: dt.datetime,
     missing = GaugeMetricFamily("spotler_outbox_account_without_credentials",
                                 "1 when the account has rows to send but no credentials.",
                                 labels=["account"])
-    for a in snap.accounts:
+    for a in accounts:
         label = [default_name if a.account == DEFAULT_ACCOUNT else a.account]
         for status, count in a.counts.items():
             rows.add_metric([*label, status], count)
@@ -144,23 +186,28 @@ class OutboxCollector(Collector):
         self.engine = engine
         self.clock = clock
         self.settings = settings  # tells which accounts have credentials
+        self.attempts = AttemptCounters()
+        # Scrapes may overlap (one thread each): one of them at a time feeds the counters.
+        self.lock = threading.Lock()
 
     def describe(self) -> Iterable[Metric]:
         return []  # registering must not touch the database
 
     def collect(self) -> Iterable[Metric]:
-        now = self.clock()
-        try:
-            with self.engine.begin() as conn:
-                snap = read_snapshot(conn, now)
-        except sa.exc.SQLAlchemyError as e:
-            log.warning("cannot read the outbox, exporting spotler_outbox_up 0: %s",
-                        describe_database_error(e, self.engine.url))
-            yield _gauge("spotler_outbox_up", "1 when the outbox database could be read.", 0)
-            return
-        yield _gauge("spotler_outbox_up", "1 when the outbox database could be read.", 1)
-        yield from families(snap, now)
-        yield from account_families(snap, now, self.settings)
+        with self.lock:
+            now = self.clock()
+            try:
+                with self.engine.begin() as conn:
+                    summary = status_summary(conn, now)
+                    accounts = accounts_summary(conn)
+                    self.attempts.read(conn, now)
+            except sa.exc.SQLAlchemyError as e:
+                log.warning("cannot read the outbox, exporting spotler_outbox_up 0: %s",
+                            describe_database_error(e, self.engine.url))
+                return [_gauge("spotler_outbox_up", UP_HELP, 0)]
+            return [_gauge("spotler_outbox_up", UP_HELP, 1), *outbox_families(summary, now),
+                    *self.attempts.families(),
+                    *account_families(accounts, now, self.settings)]
 
 
 def exporter_engine(url: str) -> Engine:

@@ -1,7 +1,7 @@
 """What can go wrong talking to Spotler: one class per kind of answer, raised by the client.
 
 `outcome` is the name a delivery attempt records for the answer (delivery_attempts.outcome, the
-`outcome` label of spotler_outbox_attempts_total).
+`outcome` label of spotler_outbox_requests_total).
 """
 
 from __future__ import annotations
