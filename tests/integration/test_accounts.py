@@ -273,3 +273,15 @@ def test_plain_sql_rows_with_or_without_an_account_go_to_that_account_or_the_def
     Dispatcher(make_engine(database_url), None, settings).run()
     # The default account spelled out by name is sent with the default key, not left waiting.
     assert by_account(api) == {ACCOUNT: {"SQL-1": 1, "SQL-2": 1}, BE: {"SQL-1": 1}}
+
+
+def test_the_failures_view_names_each_failed_orders_account(
+    engine: Engine, database_url: str
+) -> None:
+    settings = Settings(database_url=database_url, account=ACCOUNT, wakeup_enabled=False)
+    enqueue(engine, settings, None, ["F-1"])
+    enqueue(engine, settings, BE, ["F-1"])
+    with engine.begin() as conn:
+        conn.execute(events.update().values(status="failed", last_error="rejected"))
+        shown = conn.execute(sa.text("SELECT account, orderid FROM outbox_failures")).all()
+    assert sorted(shown) == [("", "F-1"), (BE, "F-1")]
