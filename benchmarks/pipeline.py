@@ -1,288 +1,353 @@
-"""`./dev bench`: the whole delivery pipeline on real PostgreSQL, Redis and Celery processes.
+"""`./dev bench`: the worker on real PostgreSQL, MariaDB, Redis and Celery processes.
 
-Each run measures, on one fake Spotler API process that lives for the whole command:
-  1. end to end at the configured batch size: a prefork worker (2 children) and a separate
-     beat run while N orders are enqueued in transactions of 100; throughput from the first
-     commit to the last delivered_at, commit-to-delivered latency per order, worker memory;
-  2. the same with SPOTLER_BATCH_SIZE=1 on N/5 orders (one event per request);
-  3. the database's limit: claim + mark (and claim + attempt + mark) alone, 2 processes;
-  4. the cost of enqueue_purchase inside a one-order transaction (wake-up on, no worker);
-  5. idle latency: single orders, a pause apart, into an idle worker.
-Figures are medians over --repeat runs; ratios are taken within each run, then the median.
+One run measures, against a fake Spotler API in its own process:
+  1. drains, on PostgreSQL and on MariaDB, at batch 100 and at batch 1: pending rows committed
+     before the worker (prefork, 2 children, separate beat) is told they are due; events/s
+     from the first request to the last delivered_at, and CPU time per delivered event of each
+     process tree (worker, database server work for this database, fake API) read from /proc,
+     start-up excluded; beside it the database's own limit (claim + mark alone, 2 processes);
+  2. the same drain with 50 ms of API latency per request, against its bound: two slots each
+     waiting on one request of 100 events at a time carry at most 2 x 100 / 0.05 s;
+  3. memory of the default pools: prefork with Celery's default concurrency (what README's
+     `celery -A spotler_outbox.worker worker` starts here) and compose's threads, 4;
+  4. end to end on PostgreSQL: orders enqueued in transactions of 100 while the worker runs
+     (commit -> delivered latency), and single orders into an idle worker.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
-import shlex
-import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import celery
 import redis
-import sqlalchemy
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import sessionmaker
 
-from benchmarks import db
-from benchmarks.phases import (
-    Bench,
-    run_drain,
-    run_enqueue_cost,
-    run_idle,
-    run_pipeline,
-    running_workers,
+from benchmarks import claimers, db
+from benchmarks.procs import (
+    CHILD_ENV,
+    CpuMeter,
+    Managed,
+    MemorySampler,
+    ProcessError,
+    fake_received,
+    process_tree,
+    py_spy,
+    start_beat,
+    start_fake_api,
+    start_worker,
+    stop_all,
+    tree,
 )
-from benchmarks.procs import ProcessError, start_fake_api, stop_all
-from benchmarks.rawdb import run_raw
-from benchmarks.report import Row, Target, at_least, at_most, percentile, render
+from benchmarks.report import Row, at_least, at_most, percentile, render
+from spotler_outbox.models.enqueue import enqueue_purchase
+from spotler_outbox.models.settings import Settings
 
-ACCOUNT = "bench-account"
-API_KEY = "bench-key-not-a-secret"
-TX_SIZE = 100
+ACCOUNT, API_KEY = "bench-account", "bench-key-not-a-secret"
+LATENCY_MS = 50.0
+SLOTS = 2
+BACKENDS = {"pg": ("PostgreSQL", db.POSTGRES_URL), "maria": ("MariaDB", db.MARIADB_URL)}
+
+
+@dataclass
+class Bench:
+    engine: Engine
+    broker_url: str
+    log_dir: Path
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=False)
+
+    def env(self, api_url: str, batch: int) -> dict[str, str]:
+        return {**CHILD_ENV, "OUTBOX_DATABASE_URL": self.url, "OUTBOX_BROKER_URL": self.broker_url,
+                "SPOTLER_API_URL": api_url, "SPOTLER_ACCOUNT": ACCOUNT,
+                "SPOTLER_API_KEY": API_KEY, "SPOTLER_BATCH_SIZE": str(batch),
+                # Short sweeps and backoff: nothing in a run may sit waiting on a timer.
+                "OUTBOX_SWEEP_INTERVAL_SECONDS": "1", "OUTBOX_BACKOFF_BASE_SECONDS": "0.5",
+                "OUTBOX_BACKOFF_CAP_SECONDS": "2"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__,
+    p = argparse.ArgumentParser(prog="./dev bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--orders", type=int, default=10000, help="orders per end-to-end run")
-    p.add_argument("--repeat", type=int, default=3, help="runs; medians are reported")
-    p.add_argument("--latency-ms", type=float, default=0.0, help="fake API latency per request")
-    p.add_argument("--batch-size", type=int, default=100, help="SPOTLER_BATCH_SIZE (batched)")
-    p.add_argument("--pool", choices=("prefork", "threads"), default="prefork",
-                   help="worker pool, 2 slots either way (threads: for comparing memory)")
-    p.add_argument("--idle-orders", type=int, default=30)
-    p.add_argument("--idle-pause-ms", type=float, default=200.0)
-    p.add_argument("--json", action="store_true", help="also print every raw figure as JSON")
-    p.add_argument("--database-url", default=db.DEFAULT_URL,
-                   help="PostgreSQL; dropped and created afresh, so its name must end in _bench")
+    p.add_argument("--rows", type=int, default=20000, help="rows per drain at batch 100")
+    p.add_argument("--rows-one", type=int, default=2000, help="rows per drain at batch 1")
+    p.add_argument("--orders", type=int, default=10000, help="orders end to end")
+    p.add_argument("--backends", default="pg,maria", help="comma-separated: pg, maria")
+    p.add_argument("--skip", default="", help="comma-separated phases to skip: "
+                   "raw, one, latency, memory, e2e")
+    p.add_argument("--json", action="store_true", help="also print every figure as JSON")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="py-spy on the pool children during the drains at batch 100 (collapsed "
+                        "stacks in DIR/<backend>; their CPU then counts py-spy's pauses too)")
     p.add_argument("--broker-url", default=os.environ.get("BENCH_BROKER_URL",
                                                           "redis://127.0.0.1:6379/14"))
-    p.add_argument("--profile", metavar="DIR", type=Path,
-                   help="after the runs, one extra run of each batch size with py-spy on each "
-                        "pool child (collapsed stacks in DIR; not counted in the table)")
-    p.add_argument("--keep-logs", action="store_true", help="keep the worker and API logs")
     args = p.parse_args(argv)
-    if args.orders < 100 or args.repeat < 1:
-        p.error("--orders must be at least 100 and --repeat at least 1")
+    if min(args.rows, args.rows_one, args.orders) < 100:
+        p.error("--rows, --rows-one and --orders must be at least 100")
     return args
 
 
-def command_line(argv: list[str]) -> str:
-    python = sys.executable
-    if python.startswith(os.getcwd() + os.sep):
-        python = os.path.relpath(python)
-    return shlex.join([python, "-m", "benchmarks.pipeline", *argv])
-
-
-def machine(bench: Bench) -> str:
-    client = redis.Redis.from_url(bench.broker_url)
-    redis_version = client.info("server").get("redis_version", "?")
+def flush(broker_url: str) -> None:
+    client = redis.Redis.from_url(broker_url)
+    client.flushdb()  # stale wake-ups from an earlier phase would be noise
     client.close()
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"nproc {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable); "
-            f"PostgreSQL {db.server_version(bench.engine)}; Redis {redis_version}; "
-            f"Python {platform.python_version()}; Celery {celery.__version__}; "
-            f"SQLAlchemy {sqlalchemy.__version__}; load average at start {load}")
 
 
-def one_run(bench: Bench, args: argparse.Namespace, index: int,
-            say: Any) -> tuple[dict[str, float], dict[str, Any]]:
-    figures: dict[str, float] = {}
-    details: dict[str, Any] = {}
-    n, b = args.orders, args.batch_size
-    for key, with_attempt in (("raw_cm", False), ("raw_cam", True)):
-        say(f"raw database, {key}")
+def wait_delivered(bench: Bench, worker: Managed, expected: int, conn: sa.Connection,
+                   server: db.ServerWork | None = None) -> None:
+    deadline = time.monotonic() + 120 + expected / 10
+    count = sa.text("SELECT count(*) FROM outbox_events WHERE status = 'delivered'")
+    while time.monotonic() < deadline:
+        if server is not None:
+            server.note(conn)
+        if conn.execute(count).scalar_one() >= expected:
+            return
+        worker.check_alive()
+        time.sleep(0.1)
+    raise ProcessError(f"not all {expected} delivered: {db.statuses(bench.engine)}; "
+                       f"worker log {worker.log_path}")
+
+
+@contextmanager
+def running_worker(bench: Bench, api_url: str, batch: int, pool: str = "prefork",
+                   concurrency: int | None = SLOTS) -> Iterator[Managed]:
+    """A worker and a separate beat, warmed up (every slot's connections open), on an empty
+    outbox."""
+    flush(bench.broker_url)
+    db.wipe(bench.engine)
+    bench.starts += 1
+    env = bench.env(api_url, batch)
+    name = f"worker{bench.starts}-{pool}-b{batch}"
+    with ExitStack() as stack:
+        stack.callback(start_beat(env, bench.log_dir, f"beat{bench.starts}").stop)
+        worker = start_worker(env, bench.log_dir, name, pool=pool, concurrency=concurrency)
+        stack.callback(worker.stop)
+        db.insert_pending(bench.engine, 50 * SLOTS * 2)
+        with bench.engine.connect() as conn:
+            wait_delivered(bench, worker, 50 * SLOTS * 2, conn)
+        time.sleep(0.5)
         db.wipe(bench.engine)
-        db.insert_pending(bench.engine, n)
-        raw = run_raw(bench.url, batch_size=b, with_attempt=with_attempt)
-        figures[key] = raw.per_second
-        details[key] = {"rows": raw.rows, "seconds": round(raw.seconds, 3)}
-
-    say("enqueue cost")
-    cost = run_enqueue_cost(bench, count=max(200, n // 10))
-    figures["tx_plain_p50"] = percentile(cost["plain_ms"], 50)
-    figures["tx_enqueue_p50"] = percentile(cost["enqueue_ms"], 50)
-    figures["enqueue_added"] = figures["tx_enqueue_p50"] - figures["tx_plain_p50"]
-    details["enqueue"] = {"transactions_each": len(cost["plain_ms"]),
-                          "plain_p95_ms": percentile(cost["plain_ms"], 95),
-                          "enqueue_p95_ms": percentile(cost["enqueue_ms"], 95),
-                          "wakeups_sent_so_far": cost["wakeups_sent"]}
-
-    with running_workers(bench, b) as worker:
-        say(f"end to end, batch {b}, {n} orders")
-        big = run_pipeline(bench, worker, orders=n, tx_size=TX_SIZE, tag=f"e2e{index}")
-        say(f"worker drain, batch {b}, {n} pending rows")
-        drain = run_drain(bench, worker, rows=n)
-        say("idle latency")
-        idle = run_idle(bench, worker, count=args.idle_orders, pause=args.idle_pause_ms / 1000)
-    with running_workers(bench, 1) as worker:
-        say(f"end to end, batch 1, {max(100, n // 5)} orders")
-        one = run_pipeline(bench, worker, orders=max(100, n // 5), tx_size=TX_SIZE,
-                           tag=f"one{index}")
-
-    lat = big["latency_ms"]
-    figures.update({
-        "e2e": big["events_per_s"], "enqueue_rate": big["enqueue_per_s"],
-        "lat_p50": percentile(lat, 50), "lat_p95": percentile(lat, 95),
-        "lat_p99": percentile(lat, 99), "extra_received": big["received"] - n,
-        "requests": big["requests"], "rss": big["rss_mb"], "pss": big["pss_mb"],
-        "e2e_one": one["events_per_s"], "enqueue_rate_one": one["enqueue_per_s"],
-        "extra_received_one": one["received"] - one["orders"],
-        "idle_p50": percentile(idle["latency_ms"], 50),
-        "idle_p95": percentile(idle["latency_ms"], 95), "idle_max": idle["latency_ms"][-1],
-        "rss_one": one["rss_mb"],
-    })
-    figures["drain"] = drain["events_per_s"]
-    figures["ratio_batch"] = figures["e2e"] / figures["e2e_one"]
-    figures["ratio_drain"] = figures["drain"] / figures["e2e_one"]
-    figures["frac_drain_cm"] = figures["drain"] / figures["raw_cm"] * 100
-    figures["frac_cm"] = figures["e2e"] / figures["raw_cm"] * 100
-    figures["frac_cam"] = figures["e2e"] / figures["raw_cam"] * 100
-    for prefix, result in (("cores_", big), ("cores_one_", one)):
-        used = result["cpu_s"]
-        ours = sum(v for k, v in used.items() if k != "machine")
-        for name, seconds in [*used.items(), ("other", used["machine"] - ours)]:
-            figures[prefix + name] = seconds / result["wall_s"]
-    details["e2e"] = {k: v for k, v in big.items() if k != "latency_ms"}
-    details["e2e_one"] = {k: v for k, v in one.items() if k != "latency_ms"}
-    details["e2e_one"]["latency_p50_ms"] = percentile(one["latency_ms"], 50)
-    details["idle_latency_ms"] = [round(x, 1) for x in idle["latency_ms"]]
-    return figures, details
+        yield worker
 
 
-def table_rows(args: argparse.Namespace) -> list[Row | str]:
-    n, b = args.orders, args.batch_size
-    one = max(100, n // 5)
-    exact = Target("= 0", lambda v: v == 0)
-    parts = (("worker (main + children)", "worker"),
-             ("PostgreSQL (this database + server processes)", "postgres"),
-             ("fake API", "fake_api"), ("producer (this process)", "producer"),
-             ("Redis", "redis"), ("other processes (not this benchmark)", "other"),
-             ("whole machine", "machine"))
+def drain(bench: Bench, worker: Managed, api: tuple[Managed, str], rows: int,
+          profile: Path | None = None) -> dict[str, float]:
+    """`rows` pending rows, made due at once after the meter starts; CPU per event and rate.
 
-    def cores(prefix: str) -> list[Row | str]:
-        return ["   CPU used during the run, cores (of 2)",
-                *(Row(f"  {name}", f"{prefix}{key}", "{:.2f}") for name, key in parts)]
+    They are inserted due in an hour, then made due by one UPDATE from this process's own
+    session, whose server time is left out of the database's figure, as is its polling.
+    """
+    db.insert_pending(bench.engine, rows, due_in=3600)
+    received = fake_received(api[1])
+    with (bench.engine.connect() as conn, MemorySampler(worker.pid) as memory,
+          py_spy(tree(worker.pid)[1:] or [worker.pid], profile)):
+        server = db.ServerWork(bench.engine, db.own_session_id(conn))
+        meter = CpuMeter({"worker": process_tree(worker.pid), "api": process_tree(api[0].pid),
+                          "db": server.sessions, "db_bg": server.background})
+        meter.start()
+        conn.execute(sa.text("UPDATE outbox_events SET next_attempt_at = created_at"))
+        conn.commit()
+        wait_delivered(bench, worker, rows, conn, server)
+        meter.stop()
+    first, last, requests = db.drain_span(bench.engine)
+    out = {"eps": rows / (last - first), "requests": requests,
+           "extra": fake_received(api[1]) - received - rows,
+           "rss": memory.peak_rss_kb / 1024, "pss": memory.peak_pss_kb / 1024}
+    for group in ("worker", "db", "db_bg", "api", "machine"):
+        out[f"us_{group}"] = meter.used[group] / rows * 1e6
+    out["us_dbsum"] = out["us_db"] + out["us_db_bg"]
+    out["us_other"] = out["us_machine"] - sum(
+        out[f"us_{g}"] for g in ("worker", "db", "db_bg", "api"))
+    db.wipe(bench.engine)
+    return out
 
+
+def run_e2e(bench: Bench, worker: Managed, orders: int, tx_size: int = 100) -> dict[str, float]:
+    """Orders enqueued in transactions of `tx_size` while the worker runs (wake-ups on)."""
+    settings = Settings(database_url=bench.url, broker_url=bench.broker_url, wakeup_enabled=True)
+    sessions = sessionmaker(bench.engine)
+    commits: list[float] = []
+    for tx in range(math.ceil(orders / tx_size)):
+        with sessions.begin() as session:
+            for n in range(tx * tx_size, min(orders, (tx + 1) * tx_size)):
+                enqueue_purchase(session, db.purchase(f"e2e-{n}", n), settings=settings)
+        commits.append(time.time())
+    with bench.engine.connect() as conn:
+        wait_delivered(bench, worker, orders, conn)
+    done = db.delivered_times(bench.engine)
+    lat = sorted((done[f"e2e-{n}"] - commits[n // tx_size]) * 1000 for n in range(orders))
+    seconds = max(done.values()) - commits[0]
+    db.wipe(bench.engine)
+    idle: list[float] = []
+    time.sleep(1.0)  # the worker must be idle
+    for n in range(30):
+        with sessions.begin() as session:
+            enqueue_purchase(session, db.purchase(f"idle-{n}", n), settings=settings)
+        t0 = time.time()
+        with bench.engine.connect() as conn:
+            wait_delivered(bench, worker, n + 1, conn)
+        idle.append((db.delivered_times(bench.engine)[f"idle-{n}"] - t0) * 1000)
+        time.sleep(0.2)
+    idle.sort()
+    return {"e2e": orders / seconds, "lat_p50": percentile(lat, 50),
+            "lat_p95": percentile(lat, 95), "lat_p99": percentile(lat, 99),
+            "idle_p50": percentile(idle, 50), "idle_max": idle[-1]}
+
+
+def measure(args: argparse.Namespace, log_dir: Path, say: Callable[[str], None]
+            ) -> tuple[dict[str, float], list[str]]:
+    figures: dict[str, float] = {}
+    skip = set(args.skip.split(","))
+    with ExitStack() as stack:
+        apis = {}
+        for name, latency in (("fast", 0.0), ("slow", LATENCY_MS)):
+            proc, url = start_fake_api(log_dir, f"fake-api-{name}", account=ACCOUNT,
+                                       api_key=API_KEY, latency_ms=latency)
+            stack.callback(proc.stop)
+            apis[name] = (proc, url)
+        header = [f"machine: nproc {os.cpu_count()}; Python {platform.python_version()}; "
+                  f"load average at start {', '.join(f'{x:.2f}' for x in os.getloadavg())}"]
+        for key in args.backends.split(","):
+            label, url = BACKENDS[key]
+            say(f"{label}: creating {url.split('/')[-1].split('?')[0]}")
+            bench = Bench(db.prepare(url), args.broker_url, log_dir)
+            stack.callback(db.drop, url)
+            stack.callback(bench.engine.dispose)
+            header.append(f"{label}: {db.server_version(bench.engine)}")
+            if "raw" not in skip:
+                say(f"{label}: claim + mark alone, {args.rows} rows")
+                db.insert_pending(bench.engine, args.rows)
+                figures[f"{key}_raw"] = claimers.drain_rate(bench.url, batch=100)
+            sizes = [(100, args.rows)] + ([] if "one" in skip else [(1, args.rows_one)])
+            for batch, rows in sizes:
+                with running_worker(bench, apis["fast"][1], batch) as worker:
+                    say(f"{label}: drain at batch {batch}, {rows} rows")
+                    spy = args.profile / key if args.profile and batch == 100 else None
+                    for k, v in drain(bench, worker, apis["fast"], rows, spy).items():
+                        figures[f"{key}_b{batch}_{k}"] = v
+                    if key == "pg" and batch == 100 and "e2e" not in skip:
+                        say(f"{label}: end to end, {args.orders} orders; idle latency")
+                        figures.update(run_e2e(bench, worker, args.orders))
+            if key != "pg":
+                continue
+            if "latency" not in skip:
+                with running_worker(bench, apis["slow"][1], 100) as worker:
+                    say(f"{label}: drain at batch 100, {LATENCY_MS:g} ms per request")
+                    slow = drain(bench, worker, apis["slow"], args.rows)
+                figures.update({f"slow_{k}": v for k, v in slow.items()})
+                figures["slow_bound"] = SLOTS * 100 / (LATENCY_MS / 1000)
+                figures["slow_frac"] = slow["eps"] / figures["slow_bound"] * 100
+            if "memory" not in skip:
+                for pool, conc in (("prefork", None), ("threads", 4)):
+                    with running_worker(bench, apis["fast"][1], 100, pool, conc) as worker:
+                        say(f"{label}: memory of {pool}, concurrency {conc or 'default'}")
+                        got = drain(bench, worker, apis["fast"], args.rows)
+                    figures.update({f"mem_{pool}_{k}": got[k] for k in ("rss", "pss")})
+                    figures[f"mem_{pool}_eps"], figures[f"mem_{pool}_us"] = (
+                        got["eps"], got["us_worker"])
+    header.append(f"load average at the end {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return figures, header
+
+
+def table_rows() -> list[Row | str]:
+    us, ms = "{:,.0f}", "{:,.1f}"
+    rows: list[Row | str] = []
+    for key, (label, _) in BACKENDS.items():
+        rows.append(f"{label}: drains of pending rows, prefork 2 children + beat")
+        for b in (100, 1):
+            p = f"{key}_b{b}_"
+            rows += [Row(f"batch {b}: delivered events/s", p + "eps"),
+                     Row(f"batch {b}: CPU per event, worker (main + children), us", p + "us_worker",
+                         us, at_most(60, "<= 60 us") if (key, b) == ("pg", 100) else None),
+                     Row(f"batch {b}: CPU per event, database sessions of this database, us",
+                         p + "us_db", us),
+                     Row(f"batch {b}: CPU per event, database server background (shared), us",
+                         p + "us_db_bg", us),
+                     Row(f"batch {b}: CPU per event, database server (both), us", p + "us_dbsum",
+                         us, at_most(80, "<= 80 us") if (key, b) == ("pg", 100) else None),
+                     Row(f"batch {b}: CPU per event, fake API, us", p + "us_api", us),
+                     Row(f"batch {b}: CPU per event, anything else on the machine (other "
+                         "sessions' tests too), us",
+                         p + "us_other", us),
+                     Row(f"batch {b}: HTTP requests", p + "requests"),
+                     Row(f"batch {b}: events received - rows (duplicates)", p + "extra", us,
+                         at_most(0, "= 0"))]
+        rows.append(Row("database limit, claim + mark alone, 2 processes, batch 100, rows/s",
+                        f"{key}_raw"))
     return [
-        f"1. end to end, batch {b}: {n} orders enqueued in transactions of {TX_SIZE}",
-        Row("delivered events/s (first commit -> last delivered_at)", "e2e"),
-        Row("producer enqueue rate, orders/s (same run)", "enqueue_rate"),
-        Row("commit -> delivered p50, ms", "lat_p50", "{:,.1f}"),
-        Row("commit -> delivered p95, ms", "lat_p95", "{:,.1f}"),
-        Row("commit -> delivered p99, ms", "lat_p99", "{:,.1f}"),
-        Row("HTTP requests (delivery_attempts rows)", "requests"),
-        Row("events received by the fake API - orders", "extra_received", "{:,.0f}", exact),
-        Row("worker RSS peak, main + pool children, MB", "rss", "{:,.1f}",
-            at_most(150, "<= 150 MB")),
-        Row("worker PSS peak (shared pages split), MB", "pss", "{:,.1f}"),
-        *cores("cores_"),
-        f"   for comparison: the worker alone, batch {b}, draining {n} rows already pending",
-        Row("delivered events/s (first request -> last delivered_at)", "drain"),
-        f"2. end to end, batch 1: {one} orders",
-        Row("delivered events/s", "e2e_one"),
-        Row("producer enqueue rate, orders/s (same run)", "enqueue_rate_one"),
-        Row("events received by the fake API - orders", "extra_received_one", "{:,.0f}", exact),
-        *cores("cores_one_"),
-        Row(f"batch {b} / batch 1 throughput (end to end)", "ratio_batch", "{:.1f}x",
-            at_least(20, ">= 20x")),
-        Row(f"batch {b} worker drain / batch 1 end to end", "ratio_drain", "{:.1f}x"),
-        f"3. database limit at batch {b}, 2 processes, {n} pending rows, no HTTP/Celery",
-        Row("claim + mark delivered, rows/s", "raw_cm"),
-        Row("claim + record attempt + mark delivered, rows/s", "raw_cam"),
-        Row("end to end as % of claim + mark", "frac_cm", "{:.0f}%", at_least(40, ">= 40%")),
-        Row("end to end as % of claim + attempt + mark", "frac_cam", "{:.0f}%"),
-        Row(f"worker drain (batch {b}) as % of claim + mark", "frac_drain_cm", "{:.0f}%"),
-        "4. order transaction, one order each (insert into bench_orders, commit)",
-        Row("p50 without enqueue, ms", "tx_plain_p50", "{:.3f}"),
-        Row("p50 with enqueue_purchase (wake-up on), ms", "tx_enqueue_p50", "{:.3f}"),
-        Row("enqueue adds (p50 difference), ms", "enqueue_added", "{:.3f}",
-            at_most(1.0, "<= 1 ms")),
-        f"5. idle worker: {args.idle_orders} single orders, {args.idle_pause_ms:g} ms apart",
-        Row("commit -> delivered p50, ms", "idle_p50", "{:,.1f}", at_most(100, "<= 100 ms")),
-        Row("commit -> delivered p95, ms", "idle_p95", "{:,.1f}"),
-        Row("commit -> delivered max, ms", "idle_max", "{:,.1f}"),
+        *rows,
+        f"PostgreSQL, batch 100, {LATENCY_MS:g} ms per request",
+        Row("delivered events/s", "slow_eps"),
+        Row(f"bound: {SLOTS} slots x 100 events / {LATENCY_MS / 1000:g} s", "slow_bound"),
+        Row("share of the bound", "slow_frac", "{:.0f}%", at_least(80, ">= 80%")),
+        Row("CPU per event, worker, us", "slow_us_worker", us),
+        "memory, peak during a drain at batch 100 (worker main + pool)",
+        Row("prefork, Celery's default concurrency: RSS, MB", "mem_prefork_rss", ms),
+        Row("prefork: PSS, MB", "mem_prefork_pss", ms),
+        Row("threads, 4 (compose): RSS, MB", "mem_threads_rss", ms, at_most(150, "<= 150 MB")),
+        Row("threads, 4: PSS, MB", "mem_threads_pss", ms),
+        Row("threads, 4: events/s", "mem_threads_eps"),
+        Row("threads, 4: worker CPU per event, us", "mem_threads_us", us),
+        "PostgreSQL end to end, batch 100",
+        Row("orders enqueued in transactions of 100: delivered events/s", "e2e"),
+        Row("commit -> delivered p50, ms", "lat_p50", ms),
+        Row("commit -> delivered p95, ms", "lat_p95", ms),
+        Row("commit -> delivered p99, ms", "lat_p99", ms),
+        Row("idle worker, single orders 200 ms apart: commit -> delivered p50, ms", "idle_p50",
+            ms, at_most(100, "<= 100 ms")),
+        Row("idle worker: max, ms", "idle_max", ms),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    # SIGTERM takes the same way out as Ctrl-C, so every child is stopped either way; SIGINT
-    # is set too, as a shell starting us in the background would have it ignored.
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    # SIGTERM takes Ctrl-C's way out, so every child is stopped either way.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     log_dir = Path(tempfile.mkdtemp(prefix="spotler-bench-"))
     started = time.monotonic()
-    ok = False
 
     def say(what: str) -> None:
-        print(f"[{time.monotonic() - started:7.1f}s] {what}", file=sys.stderr, flush=True)
+        print(f"[{time.monotonic() - started:6.1f}s] {what}", file=sys.stderr, flush=True)
 
-    n_one = args.orders // 5
-    runs: list[dict[str, float]] = []
-    details: list[dict[str, Any]] = []
     try:
-        with ExitStack() as stack:
-            engine = db.prepare(args.database_url)
-            stack.callback(engine.dispose)
-            fake, api_url = start_fake_api(log_dir, account=ACCOUNT, api_key=API_KEY,
-                                           latency_ms=args.latency_ms)
-            stack.callback(fake.stop)
-            bench = Bench(url=args.database_url, engine=engine, broker_url=args.broker_url,
-                          api_url=api_url, fake_pid=fake.pid, account=ACCOUNT, api_key=API_KEY,
-                          log_dir=log_dir, pool=args.pool)
-            header = [f"command: {command_line(argv)}", f"machine: {machine(bench)}",
-                      f"fake API: separate process, latency {args.latency_ms:g} ms per request;"
-                      f" worker: celery {args.pool} -c 2, separate beat, sweep 1 s, batch size "
-                      f"{args.batch_size}"]
-            for i in range(args.repeat):
-                def run_say(what: str, i: int = i) -> None:
-                    say(f"run {i + 1}/{args.repeat}: {what}")
-                figures, detail = one_run(bench, args, i, run_say)
-                runs.append(figures)
-                details.append(detail)
-            if args.profile:
-                for size, orders in ((args.batch_size, args.orders), (1, max(100, n_one))):
-                    say(f"profiled run (py-spy), batch {size} -> {args.profile / f'b{size}'}")
-                    with running_workers(bench, size) as worker:
-                        run_pipeline(bench, worker, orders=orders, tx_size=TX_SIZE,
-                                     tag=f"profiled{size}", profile_dir=args.profile / f"b{size}")
-            db.wipe(engine)
-            bench.flush_broker()
-        ok = True
+        figures, header = measure(args, log_dir, say)
     except KeyboardInterrupt:
-        print("interrupted: every process started was stopped", file=sys.stderr)
+        print(f"interrupted: every process started was stopped; logs in {log_dir}",
+              file=sys.stderr)
         return 130
     except ProcessError as e:
-        print(f"benchmark failed: {e}", file=sys.stderr)
+        print(f"benchmark failed: {e}\nlogs in {log_dir}", file=sys.stderr)
         return 1
     finally:
-        stop_all()  # normally a no-op: each phase stops its own processes
-        if ok and not args.keep_logs:
-            shutil.rmtree(log_dir, ignore_errors=True)
-        else:
-            print(f"logs kept in {log_dir}", file=sys.stderr)
-
-    text, missed = render(table_rows(args), runs)
+        stop_all()
+        flush(args.broker_url)
+    text, missed = render(table_rows(), [figures])
     print("\n".join(header))
-    print(f"medians of {len(runs)} run(s); 'each run' lists every run's figure in order")
     print(text)
     print("targets missed: " + (", ".join(missed) if missed else "none"))
     if args.json:
-        print(json.dumps({"command": command_line(argv), "header": header, "runs": runs,
-                          "details": details,
-                          "medians": {k: statistics.median(r[k] for r in runs)
-                                      for k in runs[0]}}, indent=1, default=str))
+        print(json.dumps(figures, indent=1))
+    # The standalone benchmarks join the full run here, each printing its own table after
+    # this one: benchmarks/enqueue_cost.py (what enqueue_purchase adds to an order's
+    # transaction) and benchmarks/plain_sql_latency.py, e.g.
+    #     status |= enqueue_cost.main([]) | plain_sql_latency.main([])
+    # (with `--only-pipeline` or a similar flag to skip them when only this table is wanted).
     return 0
 
 

@@ -1,26 +1,28 @@
-"""The benchmark's child processes (fake API, Celery worker, beat) and what /proc says of them.
+"""The benchmarks' child processes (fake API, Celery worker, beat) and what /proc says of them.
 
-Every process is started in its own session, so Ctrl-C in the terminal reaches only the
-benchmark, which then stops each child itself: nothing is left running behind it.
+Every child runs in its own session, so Ctrl-C in the terminal reaches only the benchmark,
+which then stops each child itself: nothing is left running behind it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import requests
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+CHILD_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("OUTBOX_", "SPOTLER_"))}
 
 
 class ProcessError(RuntimeError):
@@ -31,8 +33,7 @@ class Managed:
     """One child process group with its output in a log file."""
 
     def __init__(self, name: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.stopped = False
-        self.name = name
+        self.name, self.stopped = name, False
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, env=env, stdout=self._log,
@@ -65,9 +66,8 @@ class Managed:
                 self.process.wait(10)
             except ProcessLookupError:
                 pass
-        # Pool children left orphaned by a killed parent are still in the group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
+            os.killpg(self.pid, signal.SIGKILL)  # pool children orphaned by a killed parent
         self._log.close()
         self.stopped = True
 
@@ -76,144 +76,187 @@ _started: list[Managed] = []
 
 
 def stop_all() -> None:
-    """Stop whatever is still running, whichever way the run ended: nothing is left behind."""
+    """Stop whatever is still running, whichever way the run ended."""
     for proc in reversed(_started):
         proc.stop()
     _started.clear()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_fake_api(log_dir: Path, *, account: str, api_key: str,
-                   latency_ms: float) -> tuple[Managed, str]:
-    """The fake API in its own process, so its handler threads never share our GIL."""
-    port = free_port()
-    cli = Path(sys.executable).parent / "spotler-outbox"
-    args = ["fake-api", "--port", str(port), "--account", account, "--api-key", api_key,
-            "--latency-ms", str(latency_ms)]
-    command = [str(cli), *args] if cli.exists() else [
-        sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())", *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OUTBOX_", "SPOTLER_"))}
-    proc = Managed("fake-api", command, env, log_dir)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
+def _wait_until(proc: Managed, ready: Callable[[], bool], what: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         proc.check_alive()
-        try:
-            if requests.get(f"{url}/_fake/received", timeout=1).status_code == 200:
-                return proc, url
-        except requests.ConnectionError:
-            pass
+        with contextlib.suppress(requests.ConnectionError):
+            if ready():
+                return
         time.sleep(0.05)
     proc.stop()
-    raise ProcessError(f"the fake API did not answer on {url} within 20 s")
+    raise ProcessError(f"{proc.name}: {what} not seen within {seconds:.0f} s")
+
+
+def start_fake_api(log_dir: Path, name: str, *, account: str, api_key: str,
+                   latency_ms: float) -> tuple[Managed, str]:
+    """The fake API in its own process, so its handler threads never share our GIL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    command = [sys.executable, "-m", "spotler_outbox.worker.console.cli", "fake-api",
+               "--port", str(port), "--account", account, "--api-key", api_key,
+               "--latency-ms", str(latency_ms)]
+    cli = Path(sys.executable).parent / "spotler-outbox"
+    if cli.exists():
+        command[:3] = [str(cli)]
+    proc = Managed(name, command, CHILD_ENV, log_dir)
+    url = f"http://127.0.0.1:{port}"
+    _wait_until(proc, lambda: requests.get(f"{url}/_fake/received", timeout=1).ok,
+                "an answer", 20)
+    return proc, url
 
 
 def fake_received(url: str) -> int:
     return int(requests.get(f"{url}/_fake/received", timeout=10).json()["total_events"])
 
 
-def start_worker(env: dict[str, str], log_dir: Path, name: str, concurrency: int,
-                 pool: str = "prefork") -> Managed:
+def start_worker(env: dict[str, str], log_dir: Path, name: str, *, pool: str,
+                 concurrency: int | None) -> Managed:
+    """`concurrency=None`: Celery's default, as `celery -A spotler_outbox.worker worker`."""
     command = [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "worker",
-               "--loglevel=INFO",
-               f"--hostname={name}@%h", f"--pool={pool}", f"--concurrency={concurrency}",
+               "--loglevel=INFO", f"--hostname={name}@%h", f"--pool={pool}",
                "--without-mingle", "--without-gossip"]
+    if concurrency is not None:
+        command.append(f"--concurrency={concurrency}")
     proc = Managed(name, command, env, log_dir)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        proc.check_alive()
-        forked = concurrency if pool == "prefork" else 0
-        if " ready." in proc.output() and len(children(proc.pid)) >= forked:
-            return proc
-        time.sleep(0.1)
-    proc.stop()
-    raise ProcessError(f"worker {name} not ready after 60 s:\n{proc.output()[-3000:]}")
+    forked = (concurrency or os.cpu_count() or 1) if pool == "prefork" else 0
+    _wait_until(proc, lambda: " ready." in proc.output() and len(tree(proc.pid)) > forked,
+                "' ready.' and its pool", 60)
+    return proc
 
 
-def start_beat(env: dict[str, str], log_dir: Path, name: str = "beat") -> Managed:
-    # A separate beat, as in production: the worker's RSS is then only the main + pool children.
-    command = [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "beat",
-               "--loglevel=WARNING",
-               f"--schedule={log_dir / 'beat-schedule'}"]
-    return Managed(name, command, env, log_dir)
+def start_beat(env: dict[str, str], log_dir: Path, name: str) -> Managed:
+    # A separate beat, as in production: the worker's figures are then the worker's alone.
+    return Managed(name, [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "beat",
+                          "--loglevel=WARNING", f"--schedule={log_dir / (name + '.db')}"],
+                   env, log_dir)
+
+
+@contextlib.contextmanager
+def py_spy(pids: Iterable[int], out_dir: Path | None) -> Iterator[None]:
+    """py-spy on each process, when out_dir is set: collapsed stacks of the thread holding the
+    GIL only, so waits on the socket (GIL released) drop out and what is left is Python CPU."""
+    if out_dir is None:
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    local = Path(sys.executable).parent / "py-spy"
+    spy = str(local) if local.exists() else shutil.which("py-spy")
+    if spy is None:
+        raise ProcessError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    spies = [subprocess.Popen([spy, "record", "--pid", str(p),
+                               "--format", "raw", "--rate", "250", "--nonblocking", "--gil",
+                               "-o", str(out_dir / f"{p}.txt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for p in pids]
+    time.sleep(1.0)  # py-spy attaches in well under a second
+    try:
+        yield
+    finally:
+        for proc in spies:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        for proc in spies:
+            proc.wait(30)
 
 
 # --- /proc --------------------------------------------------------------------------------
 
-def _stat_fields(pid: int) -> list[str] | None:
+def _stat(path: str) -> list[str] | None:
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(path).read_text()
     except OSError:
         return None
-    # The command name is in parentheses and may itself hold spaces or parentheses.
-    return raw[raw.rindex(")") + 2:].split()
+    return raw[raw.rindex(")") + 2:].split()  # the name in parentheses may hold spaces
 
 
-def children(pid: int) -> list[int]:
-    found = []
+def tree(pid: int) -> list[int]:
+    """The process and all its descendants."""
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if fields is not None and int(fields[1]) == pid:
-                found.append(int(entry.name))
+        if entry.name.isdigit() and (fields := _stat(f"/proc/{entry.name}/stat")):
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = [pid], [pid]
+    while frontier:
+        frontier = [p for p, parent in parents.items() if parent in frontier]
+        found += frontier
     return found
 
 
-def pids_named(name: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == name:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+def cpu_ticks(path: str, *, reaped: bool = True) -> int:
+    """utime + stime of /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat; with `reaped`, the
+    children it has waited for too, so a pool child that exits keeps counting in its tree."""
+    fields = _stat(path)
+    if fields is None:
+        return 0
+    return sum(int(v) for v in fields[11:15 if reaped else 13])
 
 
-def cpu_seconds(pids: Iterable[int]) -> float:
-    total = 0
-    for pid in pids:
-        fields = _stat_fields(pid)
-        if fields is not None:
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / CLK_TCK
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds spent on anything but idle and iowait, over all cores, since boot."""
+def machine_busy_ticks() -> int:
+    """Ticks of all cores spent on anything but idle and iowait, since boot."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(values) - values[3] - values[4]) / CLK_TCK
+    return sum(values) - values[3] - values[4]
+
+
+# A group names the /proc stat files to read, asked afresh at start and at stop: processes
+# (or server threads) that appear meanwhile count from zero.
+Group = Callable[[], Iterable[str]]
+
+
+def process_tree(pid: int) -> Group:
+    return lambda: [f"/proc/{p}/stat" for p in tree(pid)]
+
+
+class CpuMeter:
+    """CPU seconds per group between start() and stop(), and the whole machine's."""
+
+    def __init__(self, groups: dict[str, Group]) -> None:
+        self.groups = groups
+        self._start: dict[str, dict[str, int]] = {}
+        self.used: dict[str, float] = {}
+        self.wall = 0.0
+
+    def _read(self) -> dict[str, dict[str, int]]:
+        out = {name: {path: cpu_ticks(path) for path in paths()}
+               for name, paths in self.groups.items()}
+        out["machine"] = {"": machine_busy_ticks()}
+        return out
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._start = self._read()
+
+    def stop(self) -> None:
+        self.wall = time.monotonic() - self._t0
+        end = self._read()
+        self.used = {name: sum(t - self._start[name].get(p, 0) for p, t in ticks.items())
+                     / CLK_TCK for name, ticks in end.items()}
 
 
 def _memory_kb(pid: int, path: str, key: str) -> int:
-    try:
+    with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
             if line.startswith(key):
                 return int(line.split()[1])
-    except OSError:
-        pass
     return 0
 
 
 class MemorySampler:
-    """Peak RSS and PSS of a process and its children, sampled from a thread.
+    """Peak RSS and PSS of a process tree, sampled from a thread.
 
-    RSS counts pages the forked pool children share with their parent once per process (what
-    the target is stated in); PSS splits shared pages between them and is the honest total.
+    RSS counts pages the forked pool children share with their parent once per process; PSS
+    splits shared pages between them and is the honest total.
     """
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
-        self.pid = pid
-        self.interval = interval
-        self.peak_rss_kb = 0
-        self.peak_pss_kb = 0
-        self.peak_rss_each_kb: dict[int, int] = {}
+        self.pid, self.interval = pid, interval
+        self.peak_rss_kb = self.peak_pss_kb = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -227,40 +270,13 @@ class MemorySampler:
         self.sample()
 
     def sample(self) -> None:
-        pids = [self.pid, *children(self.pid)]
-        each = {p: _memory_kb(p, "status", "VmRSS:") for p in pids}
-        for pid, kb in each.items():
-            self.peak_rss_each_kb[pid] = max(kb, self.peak_rss_each_kb.get(pid, 0))
-        rss = sum(each.values())
-        pss = sum(_memory_kb(p, "smaps_rollup", "Pss:") for p in pids)
-        self.peak_rss_kb = max(self.peak_rss_kb, rss)
-        self.peak_pss_kb = max(self.peak_pss_kb, pss)
+        pids = tree(self.pid)
+        self.peak_rss_kb = max(self.peak_rss_kb,
+                               sum(_memory_kb(p, "status", "VmRSS:") for p in pids))
+        self.peak_pss_kb = max(self.peak_pss_kb,
+                               sum(_memory_kb(p, "smaps_rollup", "Pss:") for p in pids))
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.sample()
             self._stop.wait(self.interval)
-
-
-class CpuMeter:
-    """CPU seconds per component between start() and stop(): where the two cores went."""
-
-    def __init__(self, groups: dict[str, list[int]]) -> None:
-        self.groups = groups
-        self._start: dict[str, float] = {}
-        self.used: dict[str, float] = {}
-        self.wall = 0.0
-
-    def _read(self) -> dict[str, float]:
-        values = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
-        values["machine"] = machine_busy_seconds()
-        return values
-
-    def start(self) -> None:
-        self._t0 = time.monotonic()
-        self._start = self._read()
-
-    def stop(self) -> None:
-        self.wall = time.monotonic() - self._t0
-        end = self._read()
-        self.used = {k: round(end[k] - self._start[k], 2) for k in end}

@@ -62,6 +62,8 @@ def render(rows: Sequence[Row | str], runs: Sequence[dict[str, float]]) -> tuple
         each = " / ".join(_fmt(row.fmt, v) for v in values)
         table.append(["  " + row.label, _fmt(row.fmt, mid), each,
                       row.target.text if row.target else "", result])
+    # A heading none of whose rows was measured (a phase skipped) goes too.
+    table = [r for i, r in enumerate(table) if r[1] or (i + 1 < len(table) and table[i + 1][1])]
     headers = ["measurement", "median", "each run", "target", "result"]
     widths = [max(len(r[i]) for r in [headers, *table]) for i in range(len(headers))]
 

@@ -26,13 +26,17 @@ _KEY = ("account", "event", "orderid")  # the outbox's unique key
 class EnqueueResult:
     """The outbox row for the order; `created` is False when the orderid was already there."""
 
-    __slots__ = ("_row", "_session", "created", "id")
+    __slots__ = ("_row", "_session", "created", "id", "visible")
 
-    def __init__(self, session: Session, row_id: int, created: bool) -> None:
+    def __init__(self, session: Session, row_id: int, created: bool, *,
+                 visible: bool = True) -> None:
         self._session = session
         self._row: OutboxEvent | None = None
         self.id = row_id
         self.created = created
+        # False: a duplicate committed after the snapshot of a REPEATABLE READ or SERIALIZABLE
+        # caller, which its own transaction cannot see.
+        self.visible = visible
 
     @property
     def duplicate(self) -> bool:
@@ -41,6 +45,11 @@ class EnqueueResult:
     @property
     def row(self) -> OutboxEvent:
         """The ORM row, loaded on first use: most callers need only `created`."""
+        if self._row is None and not self.visible:
+            bind = self._session.get_bind()
+            with Session(bind.engine if isinstance(bind, sa.Connection) else bind) as outside:
+                self._row = outside.get_one(OutboxEvent, self.id)
+                outside.expunge(self._row)
         if self._row is None:
             load = sa.select(OutboxEvent).where(OutboxEvent.id == self.id)
             if self._session.get_bind().dialect.name in ("mysql", "mariadb"):
@@ -69,13 +78,62 @@ def enqueue_purchase(
               "orderid": payload["orderid"], "payload": canonical_json(payload)}
     conn = session.connection()
     dialect = conn.dialect.name
-    inserted_id: int | None = conn.execute(_insert_unless_present(dialect), values).scalar()
+    if dialect == "postgresql" and _snapshot_isolation(conn):
+        inserted_id = _insert_in_savepoint(session, values)
+        if inserted_id is _INVISIBLE:
+            existing = _id_committed_outside(session, values)
+            return EnqueueResult(session, existing, created=False, visible=False)
+    else:
+        inserted_id = conn.execute(_insert_unless_present(dialect), values).scalar()
     if inserted_id is None:
         existing_id: int = conn.execute(_find_existing(dialect), values).scalar_one()
         return EnqueueResult(session, existing_id, created=False)
     if settings.wakeup_enabled:
         _wake_workers_after_commit(session, settings)
     return EnqueueResult(session, inserted_id, created=True)
+
+
+_INVISIBLE = -1
+_SNAPSHOT_LEVELS = ("REPEATABLE READ", "SERIALIZABLE")
+
+
+def _snapshot_isolation(conn: sa.Connection) -> bool:
+    """Whether the caller's transaction reads one snapshot, known without a round trip.
+
+    From the connection's or the engine's isolation level (also the server default, read once
+    at first connect). A level set by SQL inside the transaction (SET TRANSACTION ...) is not
+    seen: the README tells such a caller to set it on the engine or connection instead.
+    """
+    level = conn.get_execution_options().get("isolation_level") or conn.default_isolation_level
+    return str(level).upper().replace("_", " ") in _SNAPSHOT_LEVELS
+
+
+def _insert_in_savepoint(session: Session, values: dict[str, Any]) -> int | None:
+    """The insert, in a savepoint: PostgreSQL fails it (40001) when the duplicate was committed
+    after the caller's snapshot, and that failure must not abort the caller's transaction.
+
+    Only under snapshot isolation: at READ COMMITTED it cannot happen, and the savepoint's
+    two round trips would double the cost of an enqueue.
+    """
+    try:
+        with session.begin_nested():
+            # session.connection() inside the block is what emits the SAVEPOINT.
+            insert = _insert_unless_present("postgresql")
+            inserted: int | None = session.connection().execute(insert, values).scalar()
+            return inserted
+    except sa.exc.OperationalError as e:
+        if getattr(e.orig, "sqlstate", None) != "40001":
+            raise
+        return _INVISIBLE
+
+
+def _id_committed_outside(session: Session, values: dict[str, Any]) -> int:
+    """The id of a row the caller's snapshot cannot see, read in a transaction of its own."""
+    bind = session.get_bind()
+    engine = bind.engine if isinstance(bind, sa.Connection) else bind
+    with engine.connect() as outside:
+        found: int = outside.execute(_find_existing("postgresql"), values).scalar_one()
+    return found
 
 
 @cache

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.errors import OutboxError
 from spotler_outbox.models.settings import get_settings
 from spotler_outbox.models.wakeup import DISPATCH_TASK, WAKEUP_EXPIRES_SECONDS
 from spotler_outbox.worker.celery import app
@@ -45,21 +46,39 @@ def get_dispatcher() -> Dispatcher:
         _engine = (pid, make_engine(settings.database_url, pool_pre_ping=False))
     dispatcher = Dispatcher(
         _engine[1], None, settings,
-        worker_name=f"{socket.gethostname()}:{pid}:{threading.get_ident() % 10000}",
+        # The Celery node name (w1@host): two workers on one machine must be told apart.
+        worker_name=f"{_node_name or socket.gethostname()}:{pid}:{threading.get_ident() % 10000}",
     )
     dispatcher.stopping = _stop_requested
     _local.dispatcher, _local.pid = dispatcher, pid
     return dispatcher
 
 
+class DatabaseUnavailable(OutboxError):
+    """A dispatch or sweep could not reach the outbox: the task ends FAILED in Flower.
+
+    Listed in the tasks' `throws`: Celery records the failure (state, one-line reason) and logs
+    it without a traceback. The task is only a wake-up, acked like any other, never retried:
+    the rows are the truth, and the sweeper wakes dispatch again once the database is back.
+    """
+
+
+def _unavailable(what: str, e: OperationalError) -> DatabaseUnavailable:
+    # Not chained: the driver's message carries the SQL and its parameters (payloads, e-mails)
+    # into the result, the task event and Flower.
+    return DatabaseUnavailable(f"{what}: database unavailable ({type(e.orig).__name__})")
+
+
 _in_pool_child = False
 _main_pid: int | None = None
+_node_name: str | None = None
 
 
 @worker_init.connect
-def _on_worker_init(**_: Any) -> None:
-    global _main_pid
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    global _main_pid, _node_name
     _main_pid = os.getpid()
+    _node_name = getattr(sender, "hostname", None)
 
 
 @worker_process_init.connect
@@ -96,7 +115,7 @@ def _on_shutdown(**_: Any) -> None:
     _stop_requested.set()
 
 
-@app.task(name=DISPATCH_TASK)
+@app.task(name=DISPATCH_TASK, throws=(DatabaseUnavailable,))
 def dispatch() -> dict[str, Any]:
     """Claim and send due rows until none are due or the time budget is spent."""
     dispatcher = get_dispatcher()
@@ -106,14 +125,14 @@ def dispatch() -> dict[str, Any]:
     except OperationalError as e:
         # Nothing was lost: claimed rows come back when their lease runs out.
         log.error("dispatch stopped: database unavailable (%s)", type(e.orig).__name__)
-        return {"error": "database unavailable"}
+        raise _unavailable("dispatch stopped", e) from None
     if report.budget_spent and not dispatcher.stopping.is_set():
         # More may be due: hand over to a fresh task instead of holding this slot forever.
         dispatch.apply_async(expires=WAKEUP_EXPIRES_SECONDS)
     return report.as_result()
 
 
-@app.task(name="spotler_outbox.sweep")
+@app.task(name="spotler_outbox.sweep", throws=(DatabaseUnavailable,))
 def sweep() -> dict[str, Any]:
     """Every few seconds: re-check paused accounts' credentials and wake dispatch for any due
     row of an account that may send.
@@ -128,7 +147,7 @@ def sweep() -> dict[str, Any]:
         due = dispatcher.has_due_rows()
     except OperationalError as e:
         log.error("sweep skipped: database unavailable (%s)", type(e.orig).__name__)
-        return {"error": "database unavailable"}
+        raise _unavailable("sweep skipped", e) from None
     woken = dispatcher.settings.sweep_fanout if due else 0
     for _ in range(woken):
         dispatch.apply_async(expires=WAKEUP_EXPIRES_SECONDS)

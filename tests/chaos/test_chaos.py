@@ -16,6 +16,7 @@ from tests.chaos.harness import ChaosReport, run_chaos
 
 def assert_nothing_lost(report: ChaosReport) -> None:
     print(report.as_json())
+    assert report.harness_errors == []  # a fault that failed to inject tested nothing
     assert report.lost == 0
     assert report.stuck == 0
     assert report.failed == 0

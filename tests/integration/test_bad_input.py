@@ -10,6 +10,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +20,6 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from spotler_outbox.models.database import make_engine
-from spotler_outbox.models.errors import InvalidEvent
-from spotler_outbox.models.validation import validate_purchase
 from spotler_outbox.worker.dispatch import Dispatcher
 from spotler_outbox.worker.fake_spotler.server import RunningFakeApi, start_fake_api
 from spotler_outbox.worker.spotler.client import SpotlerClient
@@ -38,25 +37,30 @@ def fake_api() -> Iterator[RunningFakeApi]:
         yield api
 
 
-def payload_texts(orderid: str) -> st.SearchStrategy[tuple[str, str]]:
-    """(kind, payload text) for a row whose orderid column is `orderid`."""
+def payload_texts(orderid: str) -> st.SearchStrategy[tuple[str, str, str | None]]:
+    """(kind, payload text, the field its reason must name) for a row whose orderid column is
+    `orderid`; the kind alone says how the row must end (see MUST_DELIVER)."""
     def with_orderid(event: dict[str, Any]) -> dict[str, Any]:
         return {**event, "orderid": orderid}
 
     broken = st.tuples(valid_purchases(), breakages()).map(
-        lambda pair: pair[1][1](with_orderid(pair[0])))
+        lambda pair: ("broken event", json.dumps(pair[1][1](with_orderid(pair[0])),
+                                                 allow_nan=True), pair[1][0]))
     return st.one_of(
-        valid_purchases().map(lambda e: ("valid", json.dumps(with_orderid(e)))),
-        broken.map(lambda e: ("broken event", json.dumps(e, allow_nan=True))),
+        valid_purchases().map(lambda e: ("valid", json.dumps(with_orderid(e)), None)),
+        broken,
         st.recursive(st.none() | st.booleans() | st.floats() | st.text(max_size=10),
                      lambda inner: st.lists(inner, max_size=3)
                      | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
-        .map(lambda v: ("random json", json.dumps(v))),
-        st.text(max_size=50).filter(_not_json).map(lambda t: ("not json", t)),
+        .map(lambda v: ("random json", json.dumps(v), None)),
+        st.text(max_size=50).filter(_not_json).map(lambda t: ("not json", t, "payload")),
         st.sampled_from(INJECTIONS).map(
-            lambda s: ("injection", json.dumps(purchase(orderid, firstname=s, city=s)))),
-        st.just(("huge", json.dumps(purchase(orderid, custom_blob="x" * 200_000)))),
+            lambda s: ("injection", json.dumps(purchase(orderid, firstname=s, city=s)), None)),
+        st.just(("huge", json.dumps(purchase(orderid, custom_blob="x" * 200_000)), "event")),
     )
+
+
+MUST_DELIVER = {"valid", "injection"}
 
 
 def _not_json(text: str) -> bool:
@@ -71,12 +75,22 @@ def _without(event: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in event.items() if k != key}
 
 
-def expected_valid(text: str) -> bool:
-    try:
-        validate_purchase(json.loads(text))
-    except (ValueError, InvalidEvent):
-        return False
-    return True
+def corpus() -> list[dict[str, Any]]:
+    document = json.loads((Path(__file__).parents[1] / "data" / "bad_input_corpus.json")
+                          .read_text(encoding="utf-8"))
+    events: list[dict[str, Any]] = document["events"]
+    return events
+
+
+def corpus_row(index: int, entry: dict[str, Any]) -> tuple[str, str]:
+    """(orderid column, payload text) for one corpus entry."""
+    orderid = f"K-{index}"
+    if "text" in entry:
+        return orderid, entry["text"]
+    payload = json.loads(json.dumps(entry["json"]).replace("@ID", orderid))
+    if "pad_custom_blob" in entry:
+        payload["custom_blob"] = "x" * entry["pad_custom_blob"]
+    return orderid, json.dumps(payload)
 
 
 def dispatch_all(engine: Engine, database_url: str, api: RunningFakeApi) -> None:
@@ -106,18 +120,46 @@ def test_every_malformed_row_is_parked_with_its_reason_and_every_valid_one_deliv
     wipe(engine)
     fake_api.state.reset()
     rows = {f"H-{i}": data.draw(payload_texts(f"H-{i}")) for i in range(12)}
-    for orderid, (_, text) in rows.items():
+    for orderid, (_, text, _) in rows.items():
         insert_raw(engine, orderid, text)
     dispatch_all(engine, database_url, fake_api)
     outcomes = outcome_of(engine)
-    for orderid, (kind, text) in rows.items():
+    for orderid, (kind, text, field) in rows.items():
         status, error = outcomes[orderid]
-        if expected_valid(text):
+        if kind in MUST_DELIVER:
             assert status == "delivered", (kind, text[:200], error)
         else:
             assert status == "failed" and error, (kind, text[:200])
+            if field is not None:
+                assert f"{field}:" in error or f"{field}[" in error or f"{field}." in error, (
+                    kind, field, error)
     received = fake_api.state.received()["orderids"]
-    assert set(received) == {o for o, (_, t) in rows.items() if expected_valid(t)}
+    assert set(received) == {o for o, (kind, _, _) in rows.items() if kind in MUST_DELIVER}
+    assert {r["status"] for r in fake_api.state.request_log()} <= {200}
+
+
+@pytest.mark.parametrize("index, entry", list(enumerate(corpus())),
+                         ids=[entry["name"] for entry in corpus()])
+def test_each_hand_labelled_event_ends_as_labelled_naming_its_field(
+    engine: Engine, database_url: str, fake_api: RunningFakeApi, index: int,
+    entry: dict[str, Any],
+) -> None:
+    fake_api.state.reset()
+    orderid, text = corpus_row(index, entry)
+    insert_raw(engine, orderid, text)
+    insert_raw(engine, "K-valid", json.dumps(purchase("K-valid")))  # a neighbour still goes
+    dispatch_all(engine, database_url, fake_api)
+    outcomes = outcome_of(engine)
+    status, error = outcomes[orderid]
+    assert outcomes["K-valid"][0] == "delivered"
+    assert status == entry["verdict"], (entry["name"], error)
+    # Caught by the outbox's own check before sending: Spotler never had to refuse it.
+    assert {r["status"] for r in fake_api.state.request_log()} == {200}
+    if entry["verdict"] == "failed":
+        assert error is not None and entry["field"] in error, (entry["name"], error)
+        assert orderid not in fake_api.state.received()["orderids"]
+    else:
+        assert fake_api.state.received()["orderids"][orderid] == 1
 
 
 def test_a_thousand_bad_rows_are_counted_by_how_they_ended(
@@ -161,6 +203,14 @@ def test_a_thousand_bad_rows_are_counted_by_how_they_ended(
     for kind, _ in makers[1:-1]:
         assert table[(kind, "failed")] == 100, kind
     assert table[("huge", "failed")] == 100
+    # The README's table: every parked row carries the reason for its kind.
+    reasons = {"not json": "payload: not valid JSON", "wrong type": "event: must be a JSON object",
+               "missing field": "is required", "unknown field": "orderId: unknown field",
+               "bad quantity": "products[0].quantity:", "naive date": "timestamp:",
+               "orderid mismatch": "orderid: the payload says", "huge": "custom_blob:"}
+    for orderid, (status, error) in outcomes.items():
+        if status == "failed":
+            assert reasons[kinds[orderid]] in (error or ""), (kinds[orderid], error)
 
 
 @settings(max_examples=6, deadline=None,

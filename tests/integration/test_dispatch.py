@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from spotler_outbox.models import claims
+from spotler_outbox.models.database import make_engine
 from spotler_outbox.models.tables import DeliveryAttempt, Status
 from spotler_outbox.worker.dispatch import Dispatcher
+from spotler_outbox.worker.dispatch.context import DispatchReport
 from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi, start_fake_api
 from spotler_outbox.worker.spotler.client import SpotlerClient
 from tests.conftest import purchase
@@ -167,18 +171,38 @@ def test_a_429_holds_every_request_until_retry_after_has_passed(
     assert log[1]["at"] - log[0]["at"] >= 0.95
 
 
-def test_a_partial_answer_is_not_recorded_as_delivered_and_falls_back_to_smaller_batches(
+def test_a_partial_answer_is_not_recorded_as_delivered_and_each_event_goes_once_more_alone(
     database_url: str, engine: Engine, api: RunningFakeApi
 ) -> None:
     dispatcher = make_dispatcher(database_url, api, batch_size=4)
     seed(engine, ["Q-1", "Q-2", "Q-3", "Q-4"], dispatcher.settings)
-    api.state.set_faults(Faults(accept_fewer=True))
+    api.state.set_faults(Faults(accept_fewer=True))  # takes all but the last of the four
     dispatcher.run()
     assert set(statuses(engine).values()) == {Status.DELIVERED}
+    # Each alone, never halves (4, 2, 2, ...): an event Spotler took is repeated at most once.
+    assert [r["events"] for r in api.state.request_log()] == [4, 1, 1, 1, 1]
+    # The three taken the first time are repeated once (Spotler merges them on orderid).
+    assert sorted(api.state.received()["orderids"].values()) == [1, 2, 2, 2]
     with engine.connect() as conn:
         outcomes = [r.outcome for r in conn.execute(
             sa.select(DeliveryAttempt).order_by(DeliveryAttempt.id))]
-    assert outcomes[0] == "partial" and outcomes.count("delivered") >= 1
+    assert outcomes == ["partial", "delivered", "delivered", "delivered", "delivered"]
+
+
+def test_a_partial_answer_to_a_one_event_request_parks_that_event_with_the_reason(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=3)
+    seed(engine, ["Q1-1", "Q1-2", "Q1-3"], dispatcher.settings)
+    api.state.set_faults(Faults(partial_orderids=["Q1-2"]))
+    dispatcher.run()
+    result = statuses(engine)
+    assert result.pop("Q1-2") == Status.FAILED
+    assert set(result.values()) == {Status.DELIVERED}
+    parked = row(engine, "Q1-2")
+    assert "reported errors" in parked.last_error and parked.attempts == 1
+    assert [r["events"] for r in api.state.request_log()] == [3, 1, 1, 1]
+    assert "Q1-2" not in api.state.received()["orderids"]
 
 
 @pytest.mark.parametrize("payload, reason", [
@@ -259,19 +283,40 @@ def test_a_403_on_one_payload_while_the_key_works_parks_that_event_instead_of_pa
     assert "verifyAuth accepts the credentials" in row(engine, "W-3").last_error
 
 
-def test_a_claim_that_outlasts_its_lease_renews_it_for_every_row_still_held(
+def fast_clock(speed: float) -> Callable[[], dt.datetime]:
+    """A clock running `speed` times faster than the wall's: leases run out in test time."""
+    start, t0 = dt.datetime.now(dt.UTC), time.monotonic()
+    return lambda: start + dt.timedelta(seconds=(time.monotonic() - t0) * speed)
+
+
+def test_a_claim_that_outlasts_its_lease_renews_it_so_no_other_worker_can_take_its_rows(
     database_url: str, engine: Engine, api: RunningFakeApi
 ) -> None:
-    # lease 7 s = connect + read + margin: every request of the split renews the whole claim.
-    dispatcher = make_dispatcher(database_url, api, batch_size=8, lease_seconds=7.0,
+    # Both workers read a clock 4x the wall's: the 7 s lease lasts 1.75 s of wall time, while
+    # halving down to the bad event takes 7 requests of 0.4 s. Only renewal keeps the rows.
+    settings = delivery_settings(database_url, api.url, batch_size=8, lease_seconds=7.0,
                                  connect_timeout=0.5, read_timeout=1.5)
-    seed(engine, [f"N-{i}" for i in range(8)], dispatcher.settings)
-    api.state.set_faults(Faults(reject_orderids=["N-5"]))
-    report = dispatcher.run()
-    assert report.lost_claims == 0 and report.requests > 3
-    result = statuses(engine)
-    assert result.pop("N-5") == Status.FAILED
-    assert set(result.values()) == {Status.DELIVERED}
+    clock = fast_clock(4.0)
+    holder, other = (Dispatcher(make_engine(database_url), SpotlerClient(settings), settings,
+                                worker_name=name, clock=clock) for name in ("holder", "other"))
+    seed(engine, [f"N-{i}" for i in range(8)], settings)
+    api.state.set_faults(Faults(reject_orderids=["N-5"], latency_ms=400))
+    result: dict[str, DispatchReport] = {}
+    running = threading.Thread(target=lambda: result.update(holder=holder.run_once()))
+    running.start()
+    while running.is_alive() and not api.state.request_log():
+        time.sleep(0.01)  # the holder has claimed every row and sent its first request
+    taken_by_other = 0
+    while running.is_alive():
+        taken_by_other += other.run_once().claimed
+        time.sleep(0.05)
+    running.join()
+    assert taken_by_other == 0
+    assert result["holder"].lost_claims == 0 and result["holder"].requests >= 7
+    result_statuses = statuses(engine)
+    assert result_statuses.pop("N-5") == Status.FAILED
+    assert set(result_statuses.values()) == {Status.DELIVERED}
+    assert all(n == 1 for n in api.state.received()["orderids"].values())
 
 
 def test_an_unexpected_error_mid_claim_hands_every_row_back_without_an_attempt(
@@ -290,3 +335,65 @@ def test_an_unexpected_error_mid_claim_hands_every_row_back_without_an_attempt(
         assert row(engine, orderid).status == Status.PENDING
         assert row(engine, orderid).attempts == 0
         assert row(engine, orderid).claim_token is None
+
+
+def test_a_redirect_on_track_pauses_dispatch_parks_nothing_and_everything_goes_once_it_stops(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=8)
+    seed(engine, [f"RD-{i}" for i in range(8)], dispatcher.settings)
+    api.state.set_faults(Faults(redirect_status=308))  # verifyAuth still answers 200
+    report = dispatcher.run()
+    assert report.paused and report.failed == 0 and report.requests == 1
+    assert set(statuses(engine).values()) == {Status.PENDING}
+    assert row(engine, "RD-0").attempts == 0
+    assert "308" in (row(engine, "RD-0").last_error or "")
+    time.sleep(0.25)
+    # verifyAuth accepts the key, so the recheck resumes; the next request tells again.
+    assert dispatcher.recheck_credentials() is True
+    assert dispatcher.run().paused
+    assert set(statuses(engine).values()) == {Status.PENDING}
+    api.state.set_faults(Faults())
+    time.sleep(0.25)
+    assert dispatcher.recheck_credentials() is True
+    drain(dispatcher)
+    assert set(statuses(engine).values()) == {Status.DELIVERED}
+    assert api.state.received()["orderids"] == {f"RD-{i}": 1 for i in range(8)}
+    assert [r["status"] for r in api.state.request_log()] == [308, 308, 200]
+
+
+def test_a_trickling_answer_is_cut_at_the_deadline_so_no_other_claim_sends_the_rows_twice(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    # The lease (7 s) just covers connect + read + margin; the answer would take 12 s, a
+    # byte every ~0.2 s, so no single read ever times out.
+    timing = {"batch_size": 5, "lease_seconds": 7.0, "connect_timeout": 0.5,
+              "read_timeout": 1.0}
+    first = make_dispatcher(database_url, api, **timing)
+    second = make_dispatcher(database_url, api, **timing)
+    seed(engine, [f"TR-{i}" for i in range(5)], first.settings)
+    api.state.set_faults(Faults(trickle_next=1, trickle_seconds=12.0))
+    outcome: dict[str, object] = {}
+    slow = threading.Thread(target=lambda: outcome.update(report=first.run_once()))
+    started = time.monotonic()
+    slow.start()
+    # The other worker keeps claiming whatever is due, as a busy outbox would.
+    while time.monotonic() - started < 14 and not all(
+            s == Status.DELIVERED for s in statuses(engine).values()):
+        second.run_once()
+        time.sleep(0.2)
+    slow.join(20)
+    drain(second)
+    trickled = [r for r in api.state.request_log() if r.get("trickled")]
+    assert len(trickled) == 1
+    wait_for_end = time.monotonic() + 15
+    while trickled[0]["ended"] is None and time.monotonic() < wait_for_end:
+        time.sleep(0.2)
+        trickled = [r for r in api.state.request_log() if r.get("trickled")]
+    assert trickled[0]["completed"] is False  # the client hung up before the last byte
+    assert trickled[0]["ended"] - trickled[0]["at"] < timing["lease_seconds"]
+    assert api.state.received()["orderids"] == {f"TR-{i}": 1 for i in range(5)}
+    assert set(statuses(engine).values()) == {Status.DELIVERED}
+    with engine.connect() as conn:
+        errors = [r.outcome for r in conn.execute(sa.select(DeliveryAttempt))]
+    assert errors.count("retryable") == 1

@@ -1,4 +1,5 @@
-"""The benchmark's pure parts: it is not run by the suite, but must not rot unnoticed."""
+"""The benchmarks are not run by the suite, but must not rot unnoticed: their pure parts, the
+/proc accounting they rest on, and one tiny run of `./dev bench`'s harness."""
 
 from __future__ import annotations
 
@@ -6,19 +7,20 @@ import math
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from benchmarks import pipeline, procs
+from benchmarks import pipeline, procs, scale
 from benchmarks.report import Row, at_least, at_most, percentile, render
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
 
 
 def test_percentile_is_nearest_rank() -> None:
     values = sorted(float(v) for v in range(1, 101))
-    assert percentile(values, 50) == 50
-    assert percentile(values, 95) == 95
-    assert percentile(values, 99) == 99
-    assert percentile(values, 100) == 100
+    assert [percentile(values, q) for q in (50, 95, 99, 100)] == [50, 95, 99, 100]
     assert percentile([7.0], 50) == 7.0
     assert math.isnan(percentile([], 50))
 
@@ -29,52 +31,71 @@ def test_render_takes_medians_and_judges_targets() -> None:
         Row("throughput", "eps", target=at_least(20, ">= 20")),
         Row("latency", "lat", "{:.1f}", at_most(100, "<= 100")),
         Row("absent everywhere", "nothing"),
+        "a phase that was skipped",
+        Row("its figure", "skipped"),
     ]
     runs = [{"eps": 10.0, "lat": 50.0}, {"eps": 30.0, "lat": 500.0}, {"eps": 25.0, "lat": 200.0}]
     text, missed = render(rows, runs)
     assert "| heading" in text
     assert "10 / 30 / 25" in text  # every run, in order
-    # Judged on the medians (25 and 200), not on any single run.
-    assert missed == ["latency"]
-    assert "absent everywhere" not in text
+    assert missed == ["latency"]  # judged on the medians (25 and 200), not on any one run
+    assert "absent everywhere" not in text and "skipped" not in text
 
 
-def test_render_reports_a_missed_median() -> None:
-    text, missed = render([Row("x", "x", target=at_least(2, ">= 2"))], [{"x": 1.0}])
-    assert missed == ["x"] and "MISS" in text
-
-
-def test_parse_args_defaults_match_the_brief() -> None:
-    args = pipeline.parse_args([])
-    assert (args.orders, args.repeat, args.latency_ms, args.batch_size) == (10000, 3, 0.0, 100)
-    assert args.pool == "prefork"
+def test_the_scale_benchmark_refuses_a_purge_larger_than_the_history() -> None:
+    assert scale.parse_args([]).delivered == 5_000_000
     with pytest.raises(SystemExit):
-        pipeline.parse_args(["--orders", "10"])
+        scale.parse_args(["--delivered", "10", "--purge", "20"])
 
 
-def test_every_table_row_names_a_figure_a_run_produces() -> None:
-    keys = {row.key for row in pipeline.table_rows(pipeline.parse_args([])) if isinstance(row, Row)}
-    produced = {"e2e", "enqueue_rate", "lat_p50", "lat_p95", "lat_p99", "requests",
-                "extra_received", "rss", "pss", "drain", "e2e_one", "enqueue_rate_one",
-                "extra_received_one", "ratio_batch", "ratio_drain", "raw_cm", "raw_cam",
-                "frac_cm", "frac_cam", "frac_drain_cm", "tx_plain_p50", "tx_enqueue_p50",
-                "enqueue_added", "idle_p50", "idle_p95", "idle_max"}
-    cores = {f"{prefix}{part}" for prefix in ("cores_", "cores_one_")
-             for part in ("worker", "postgres", "fake_api", "producer", "redis", "other",
-                          "machine")}
-    assert keys <= produced | cores
-
-
-def test_proc_readers_see_a_child_and_its_memory() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+def test_a_process_tree_counts_its_children_even_after_they_exit() -> None:
+    """The oracle: the CPU the children report spending themselves (process_time)."""
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        f"subprocess.run([sys.executable, '-c', {BURN.format(s=0.3)!r}])\n"
+        f"{BURN.format(s=0.2)}time.sleep(30)\n")])
     try:
-        assert child.pid in procs.children(os.getpid())
-        with procs.MemorySampler(os.getpid(), interval=0.01) as sampler:
+        meter = procs.CpuMeter({"tree": procs.process_tree(parent.pid),
+                                "top only": lambda: [f"/proc/{parent.pid}/stat"]})
+        meter.start()
+        deadline = time.monotonic() + 20
+        while len(procs.tree(parent.pid)) < 2:  # the grandchild starts burning
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        while procs.cpu_ticks(f"/proc/{parent.pid}/stat", reaped=False) < 0.2 * procs.CLK_TCK:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        meter.stop()
+        assert procs.tree(parent.pid) == [parent.pid]  # the grandchild has exited
+        assert meter.used["tree"] >= 0.45  # 0.3 s in the exited child + 0.2 s in the parent
+        assert meter.used["machine"] >= meter.used["tree"] - 0.05
+        with procs.MemorySampler(parent.pid, interval=0.01) as memory:
             pass
-        assert sampler.peak_rss_kb > 1000
-        assert sampler.peak_rss_each_kb[child.pid] > 0
-        assert procs.cpu_seconds([os.getpid()]) > 0
-        assert procs.machine_busy_seconds() > 0
+        assert memory.peak_rss_kb > 1000 and memory.peak_pss_kb > 0
     finally:
-        child.kill()
-        child.wait()
+        parent.kill()
+        parent.wait()
+
+
+def test_a_tiny_run_of_the_bench_reports_every_figure_of_its_table(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Drains of 1,000 rows at batch 100 (enough CPU for /proc's 10 ms ticks) and 100 at 1,
+    on PostgreSQL through real Celery processes and the fake API."""
+    name = os.environ.get("TEST_DB_NAME", "spotler_outbox_test") + "_smoke_bench"
+    monkeypatch.setitem(pipeline.BACKENDS, "pg", (
+        "PostgreSQL", f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"))
+    args = pipeline.parse_args([
+        "--rows", "1000", "--rows-one", "100", "--backends", "pg", "--skip", "latency,memory,e2e",
+        "--broker-url", os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")])
+    try:
+        figures, _ = pipeline.measure(args, tmp_path, lambda _: None)
+    finally:
+        procs.stop_all()
+    assert figures["pg_b100_requests"] == 10 and figures["pg_b1_requests"] == 100
+    assert figures["pg_b100_extra"] == figures["pg_b1_extra"] == 0  # the fake API's counts
+    for batch in (100, 1):
+        assert figures[f"pg_b{batch}_us_worker"] > 0 and figures[f"pg_b{batch}_us_db"] > 0
+    assert figures["pg_raw"] > 0
+    table = {row.key for row in pipeline.table_rows() if isinstance(row, Row)}
+    assert set(figures) <= table | {f"pg_b{b}_{k}" for b in (100, 1)
+                                    for k in ("rss", "pss", "us_machine")}

@@ -132,3 +132,55 @@ def test_a_redirect_is_never_followed_and_pauses_instead_of_counting_as_delivere
     finally:
         server.shutdown()
     assert seen == ["/v1/track"]
+
+
+def test_a_trickling_answer_is_cut_at_connect_plus_read_timeout_though_no_read_times_out(
+) -> None:
+    from spotler_outbox.worker.fake_spotler.server import Faults, start_fake_api
+
+    settings = Settings(account="a", api_key="k", connect_timeout=0.5, read_timeout=1.0)
+    event = {"event": "Purchase", "email": "a@example.com", "orderid": "1",
+             "products": [{"id": "S", "quantity": 1}]}
+    # A byte every ~0.1 s for 6 s: each read is answered well within the 1 s read timeout.
+    with start_fake_api(account="a", api_key="k",
+                        faults=Faults(trickle_next=1, trickle_seconds=6.0)) as api:
+        client = SpotlerClient(settings.with_overrides(api_url=api.url))
+        started = time.monotonic()
+        with pytest.raises(RetryableError, match=r"no full answer within 1\.5s"):
+            client.track([event])
+        took = time.monotonic() - started
+        assert client.track([event]).http_status == 200  # the next request is unaffected
+        time.sleep(0.5)
+        log = api.state.request_log()
+    assert 1.5 <= took < 3.0  # cut at the deadline, not after the 6 s the answer takes
+    assert log[0]["completed"] is False and log[0]["ended"] - log[0]["at"] < 3.0
+
+
+@pytest.mark.parametrize("body", ['{"verified": false}', "{}", '{"verified": "true"}',
+                                  "not json", '["verified"]'])
+def test_verify_auth_answering_200_without_verified_true_is_a_refusal(body: str) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = SpotlerClient(Settings(api_url=f"http://127.0.0.1:{server.server_port}",
+                                        account="a", api_key="k", connect_timeout=1))
+        with pytest.raises(AuthFailed, match="did not verify the credentials"):
+            client.verify_auth()
+    finally:
+        server.shutdown()
+        server.server_close()

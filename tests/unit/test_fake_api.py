@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import email.utils
+import json
+import socket
 import subprocess
 import sys
 import threading
@@ -254,6 +256,53 @@ def test_a_batch_with_a_rejected_orderid_is_refused_whole(
     assert track(http, fake, purchase("1001")).status_code == 200
 
 
+def test_partial_orderids_are_left_out_of_an_accepted_request_and_reported(
+    fake: RunningFakeApi, http: requests.Session,
+) -> None:
+    set_faults(http, fake, partial_orderids=["2"])
+    answer = track(http, fake, {"events": [purchase("1"), purchase("2")]}).json()
+    assert (answer["created"], [e["orderid"] for e in answer["errors"]]) == (1, ["2"])
+    alone = track(http, fake, purchase("2")).json()
+    assert (alone["created"], len(alone["errors"])) == (0, 1)
+    assert received(http, fake)["orderids"] == {"1": 1}
+
+
+def test_a_redirect_fault_answers_track_with_its_status_and_location_but_not_verify_auth(
+    fake: RunningFakeApi, http: requests.Session,
+) -> None:
+    set_faults(http, fake, redirect_status=308)
+    answer = http.post(f"{fake.url}/v1/track", json=purchase("1"), headers=AUTH, timeout=5,
+                       allow_redirects=False)
+    assert (answer.status_code, answer.headers["Location"]) == (308, "/v2/track/")
+    verify = http.post(f"{fake.url}/v1/verifyAuth?channel=2", headers=AUTH, timeout=5)
+    assert verify.json() == {"verified": True}
+    assert received(http, fake)["orderids"] == {}
+    assert set_faults(http, fake, redirect_status=200).status_code == 400
+
+
+def test_a_trickled_answer_counts_its_events_only_once_its_last_byte_is_written(
+    fake: RunningFakeApi, http: requests.Session,
+) -> None:
+    set_faults(http, fake, trickle_next=2, trickle_seconds=2.0)
+    started = time.monotonic()
+    assert track(http, fake, purchase("1")).json()["created"] == 1
+    assert time.monotonic() - started >= 1.9
+    # A client that gives up mid-answer: it reads the status line, then hangs up.
+    body = json.dumps(purchase("2")).encode()
+    host, port = fake.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as client:
+        client.sendall(b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                       + b"".join(f"\r\n{k}: {v}".encode() for k, v in AUTH.items())
+                       + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert client.recv(12) == b"HTTP/1.1 200"
+    time.sleep(2.2)
+    assert track(http, fake, purchase("3")).status_code == 200  # the fault is used up
+    assert received(http, fake)["orderids"] == {"1": 1, "3": 1}
+    log = http.get(f"{fake.url}/_fake/requests", timeout=5).json()
+    assert [(r.get("trickled"), r.get("completed")) for r in log] == [
+        (True, True), (True, False), (None, None)]
+
+
 def test_faults_apply_in_order_auth_before_rate_limit_before_errors(
     fake: RunningFakeApi, http: requests.Session,
 ) -> None:
@@ -392,3 +441,32 @@ def test_run_fake_api_serves_in_the_foreground_until_sigterm() -> None:
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.parametrize("change, field", [
+    ({}, None),
+    ({"email": "a" * 64}, None),
+    ({"timestamp": "2026-11-27 10:00:00"}, None),  # Spotler reads it as CET: taken
+    ({"orderId": "x"}, None),  # unknown fields are ignored by Spotler
+    ({"event": "AddToCart"}, "event"),
+    ({"email": "not-an-address"}, "email"),
+    ({"email": "A" * 64}, "email"),
+    ({"orderid": " "}, "orderid"),
+    ({"products": []}, "products"),
+    ({"products": [{"id": "S", "quantity": 0}]}, "products[0].quantity"),
+    ({"products": [{"id": "S", "quantity": True}]}, "products[0].quantity"),
+    ({"products": [{"quantity": 1}]}, "products[0].id"),
+    ({"products": [{"id": "S", "quantity": 1, "language": "dutch"}]}, "products[0].language"),
+    ({"currency": "eur"}, "currency"),
+    ({"timestamp": "yesterday"}, "timestamp"),
+])
+def test_the_fakes_own_rules_refuse_what_spotler_documents_and_nothing_more(
+    change: dict[str, Any], field: str | None,
+) -> None:
+    from spotler_outbox.worker.fake_spotler.rules import problems_of
+
+    problems = problems_of({**purchase("1"), **change})
+    if field is None:
+        assert problems == []
+    else:
+        assert [p.split(":")[0] for p in problems] == [field]

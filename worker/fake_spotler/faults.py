@@ -13,15 +13,15 @@ import json
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spotler_outbox.models.errors import InvalidEvent
-from spotler_outbox.models.validation import validate_purchase
+from spotler_outbox.worker.fake_spotler.rules import problems_of
 
 _RATES = ("error_rate", "timeout_rate")
-_DURATIONS = ("latency_ms", "timeout_seconds", "rate_limit_seconds")
+_DURATIONS = ("latency_ms", "timeout_seconds", "rate_limit_seconds", "trickle_seconds")
+_REDIRECTS = (0, 301, 302, 303, 307, 308)
 _FLAGS = ("retry_after_http_date", "auth_failure", "accept_fewer")
 
 
@@ -34,6 +34,9 @@ class Faults:
     that ambiguity is what the outbox's exactly-once delivery must survive.
     """
 
+    # A gateway in front of /v1/track answering a redirect (301, 302, 303, 307, 308; 0: none)
+    # to every track request; verifyAuth still answers, as a moved or trailing-slash route does.
+    redirect_status: int = 0
     auth_failure: bool = False
     # Counted from the moment the faults are set, not per request: a throttled account stays
     # throttled however often the client knocks.
@@ -49,6 +52,15 @@ class Faults:
     # 403 plays a WAF or proxy that refuses one payload while the credentials are fine.
     reject_status: int = 400
     accept_fewer: bool = False
+    # Events with these orderids are left out of an otherwise accepted request: 200 with a
+    # count short by them and an error each, a partial answer, also for a one-event request.
+    partial_orderids: list[str] = field(default_factory=list)
+    # The next `trickle_next` accepted requests get their headers at once, then the body a byte
+    # at a time over `trickle_seconds`: a stalled proxy that no per-read timeout ever trips.
+    # Their events count as taken only once the last byte is written: a client that hung up
+    # first was told nothing, and here nothing was taken.
+    trickle_next: int = 0
+    trickle_seconds: float = 30.0
     seed: int | None = None
     # The faults hit the requests of these accounts (X-AUTH-ACCOUNT) only; empty: every one.
     only_accounts: list[str] = field(default_factory=list)
@@ -62,9 +74,13 @@ class Faults:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"fault {name}: must be true or false, "
                                  f"got {getattr(self, name)!r}")
-        if not _is_int(self.fail_next) or self.fail_next < 0:
-            raise ValueError(f"fault fail_next: must be a whole number >= 0, "
-                             f"got {self.fail_next!r}")
+        for name in ("fail_next", "trickle_next"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"fault {name}: must be a whole number >= 0, "
+                                 f"got {getattr(self, name)!r}")
+        if self.redirect_status not in _REDIRECTS or not _is_int(self.redirect_status):
+            raise ValueError(f"fault redirect_status: must be one of "
+                             f"{', '.join(map(str, _REDIRECTS))}, got {self.redirect_status!r}")
         if not _is_int(self.error_status) or not 400 <= self.error_status <= 599:
             raise ValueError(f"fault error_status: must be an HTTP status from 400 to 599, "
                              f"got {self.error_status!r}")
@@ -73,13 +89,14 @@ class Faults:
                              f"got {self.reject_status!r}")
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError(f"fault seed: must be a whole number or null, got {self.seed!r}")
-        orderids: Any = self.reject_orderids
-        if not isinstance(orderids, list | tuple) or not all(
-            isinstance(o, str) or _is_int(o) for o in orderids
-        ):
-            raise ValueError(f"fault reject_orderids: must be a list of orderids, got {orderids!r}")
-        # Orderids may arrive as JSON numbers; Spotler (and the validator) read them as strings.
-        self.reject_orderids = [str(o) for o in orderids]
+        for name in ("reject_orderids", "partial_orderids"):
+            orderids: Any = getattr(self, name)
+            if not isinstance(orderids, list | tuple) or not all(
+                isinstance(o, str) or _is_int(o) for o in orderids
+            ):
+                raise ValueError(f"fault {name}: must be a list of orderids, got {orderids!r}")
+            # Orderids may arrive as JSON numbers; Spotler reads them as strings.
+            setattr(self, name, [str(o) for o in orderids])
         accounts: Any = self.only_accounts
         if not isinstance(accounts, list | tuple) or not all(isinstance(a, str) for a in accounts):
             raise ValueError(f"fault only_accounts: must be a list of account ids, "
@@ -114,6 +131,7 @@ class Faults:
 
     def copy(self) -> Faults:
         return dataclasses.replace(self, reject_orderids=list(self.reject_orderids),
+                                   partial_orderids=list(self.partial_orderids),
                                    only_accounts=list(self.only_accounts))
 
 
@@ -122,6 +140,9 @@ class Reply:
     status: int
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
+    trickle_seconds: float = 0.0  # write the body a byte at a time over this long
+    # Called with whether the last byte was written: a trickled answer's record waits for it.
+    on_sent: Callable[[bool], None] | None = field(default=None, compare=False)
 
 
 UNAUTHORISED = Reply(401, {"success": False, "errors": ["invalid credentials"]})
@@ -142,7 +163,10 @@ class ActiveFaults:
         return not only or account in only
 
     def refusal(self, *, credentials_ok: bool) -> Reply | None:
-        """The answer before any work is done: auth failure, then the rate limit."""
+        """The answer before any work is done: a redirect, auth failure, then the rate limit."""
+        if self.faults.redirect_status:
+            return Reply(self.faults.redirect_status, {"moved": "/v2/track/"},
+                         {"Location": "/v2/track/"})
         if self.faults.auth_failure or not credentials_ok:
             return UNAUTHORISED
         remaining = self._rate_limited_until - time.monotonic()
@@ -183,6 +207,17 @@ class ActiveFaults:
                                "problems": ["orderid: rejected (fake API fault reject_orderids)"]})
         return errors
 
+    def trickle(self) -> float:
+        """Seconds over which to dribble out this accepted answer (0: at once); counts down."""
+        if self.faults.trickle_next <= 0:
+            return 0.0
+        self.faults.trickle_next -= 1
+        return self.faults.trickle_seconds
+
+    def left_out(self, orderids: list[str]) -> set[str]:
+        """The orderids of an accepted request that partial_orderids leaves out."""
+        return set(orderids) & set(self.faults.partial_orderids)
+
     def accepted(self, count: int) -> int:
         """How many of a valid batch to take: all, or all but the last under accept_fewer."""
         return count - 1 if self.faults.accept_fewer and count > 1 else count
@@ -220,13 +255,17 @@ def parse_track_body(body: bytes) -> tuple[list[Any], str | None]:
 
 
 def validate_batch(events: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
-    """The orderids of a batch, or an error per invalid event naming its fields (as Spotler)."""
+    """The orderids of a batch, or an error per refused event naming its fields (as Spotler).
+
+    Judged by the fake's own rules (rules.py), never the outbox's validator it is testing.
+    """
     orderids: list[str] = []
     errors: list[dict[str, Any]] = []
     for index, event in enumerate(events):
-        try:
-            orderids.append(validate_purchase(event)["orderid"])
-        except InvalidEvent as exc:
+        problems = problems_of(event)
+        if problems:
             orderid = event.get("orderid") if isinstance(event, dict) else None
-            errors.append({"index": index, "orderid": orderid, "problems": exc.problems})
+            errors.append({"index": index, "orderid": orderid, "problems": problems})
+        else:
+            orderids.append(str(event["orderid"]))
     return orderids, errors

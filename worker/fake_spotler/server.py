@@ -1,7 +1,8 @@
 """A fake Spotler Activate API on loopback, for the tests, the demo and the benchmarks.
 
-It answers POST /v1/track and POST /v1/verifyAuth as Spotler does, validates every event with the
-project's own validator, records what it accepted, and injects the faults in `Faults` on demand.
+It answers POST /v1/track and POST /v1/verifyAuth as Spotler does, judges every event by its own
+rules (rules.py, not the project's validator), records what it accepted, and injects the faults
+in `Faults` on demand.
 Admin endpoints under /_fake/ let a test or an operator read the record and change the faults.
 Standard library only: the server must not share code paths with the real client it tests.
 """
@@ -126,7 +127,11 @@ class FakeSpotler:
 
     def request_log(self) -> list[dict[str, Any]]:
         """Per track request: {"at": epoch seconds of the answer, "arrived": of the arrival,
-        "account": its X-AUTH-ACCOUNT, "status": int, "events": events in it}."""
+        "account": its X-AUTH-ACCOUNT, "status": int, "events": events in it}.
+
+        A trickled answer adds "trickled": True, "completed" (whether its last byte was
+        written; None while it is still being written) and "ended" (epoch seconds).
+        """
         with self._lock:
             return [dict(entry) for entry in self._log]
 
@@ -140,68 +145,89 @@ class FakeSpotler:
         self, account: str | None, api_key: str | None, body: bytes,
         sleep: Callable[[float], object] = time.sleep,
     ) -> Reply:
-        """Answer one POST /v1/track, applying the faults in their documented order."""
-        # Parsed up front so every log entry can count the events, even of a refused request.
+        """Answer one POST /v1/track, applying the faults in their documented order; faults
+        limited to other accounts (only_accounts) leave this request alone."""
         arrived = time.time()
+        # Parsed up front so every log entry can count the events, even of a refused request.
         events, shape_problem = parse_track_body(body)
         count = len(events)
         seen = {"arrived": arrived, "account": account}
         with self._lock:
-            if not self._active.applies_to(account):
-                return self._accept_or_refuse(account, api_key, events, shape_problem, seen)
-            refusal = self._active.refusal(credentials_ok=self._credentials_ok(account, api_key))
-            if refusal is not None:
-                return self._logged(refusal, count, seen)
-            delay = self._active.delay()
+            active = self._active if self._active.applies_to(account) else None
+            credentials_ok = self._credentials_ok(account, api_key)
+            if active is None:
+                if not credentials_ok:
+                    return self._logged(UNAUTHORISED, count, seen)
+                delay = 0.0
+            else:
+                refusal = active.refusal(credentials_ok=credentials_ok)
+                if refusal is not None:
+                    return self._logged(refusal, count, seen)
+                delay = active.delay()
         # Outside the lock: one slow request must not stall the other connections. A sleep cut
         # short by stop() answers nothing: a stopped fake must not go on recording events.
         if delay > 0 and sleep(delay) is True:
             return self._finish(Reply(503, {"success": False, "errors": ["stopping"]}), count,
                                 seen)
-        with self._lock:
-            active = self._active
-            failure = active.failure()
-            if failure is not None:
-                return self._logged(failure, count, seen)
-            rejections = active.rejections(events)
-            kept = active.accepted(count)
-        if shape_problem is None and rejections:
+        rejections: list[dict[str, Any]] = []
+        kept = count
+        if active is not None:
+            with self._lock:
+                failure = active.failure()
+                if failure is not None:
+                    return self._logged(failure, count, seen)
+                rejections = active.rejections(events)
+                kept = active.accepted(count)
+        if shape_problem is not None:
+            return self._finish(Reply(400, {"success": False, "errors": [shape_problem]}), count,
+                                seen)
+        if rejections:
+            assert active is not None
             return self._finish(Reply(active.faults.reject_status,
                                       {"success": False, "errors": rejections}), count, seen)
-        with self._lock:
-            return self._accept(account, events, shape_problem, seen, kept)
-
-    def _accept_or_refuse(self, account: str | None, api_key: str | None, events: list[Any],
-                          shape_problem: str | None, seen: dict[str, Any]) -> Reply:
-        """A request of an account the faults leave alone: credentials, then acceptance."""
-        if not self._credentials_ok(account, api_key):
-            return self._logged(UNAUTHORISED, len(events), seen)
-        return self._accept(account, events, shape_problem, seen, len(events))
-
-    def _accept(self, account: str | None, events: list[Any], shape_problem: str | None,
-                seen: dict[str, Any], kept: int) -> Reply:
-        """Validate and record the first `kept` events; the caller holds the lock."""
-        count = len(events)
-        if shape_problem is not None:
-            return self._logged(Reply(400, {"success": False, "errors": [shape_problem]}), count,
-                                seen)
         orderids, errors = validate_batch(events)
-        errors += self._misdirected_errors(account, events)
+        with self._lock:
+            errors += self._misdirected_errors(account, events)
+            left_out = active.left_out(orderids) if active is not None else set()
         if errors:
-            return self._logged(Reply(400, {"success": False, "errors": errors}), count, seen)
+            return self._finish(Reply(400, {"success": False, "errors": errors}), count, seen)
+        taken = [(orderid, event) for orderid, event in zip(orderids[:kept], events[:kept],
+                                                            strict=True)
+                 if orderid not in left_out]
+        answer = {"success": True, "created": len(taken), "updated": 0,
+                  "errors": [{"orderid": orderid, "problems": ["not taken (fake API fault "
+                                                               "partial_orderids)"]}
+                             for orderid in sorted(left_out)]}
+        with self._lock:
+            trickle = active.trickle() if active is not None else 0
+            if not trickle:
+                self._record(taken, account)
+                return self._logged(Reply(200, answer), count, seen)
+            entry = {"at": time.time(), "status": 200, "events": count, "trickled": True,
+                     "completed": None, "ended": None, **seen}
+            self._log.append(entry)
+
+        def sent(completed: bool) -> None:
+            with self._lock:
+                entry.update(completed=completed, ended=time.time())
+                if completed:
+                    self._record(taken, account)
+
+        return Reply(200, answer, trickle_seconds=trickle, on_sent=sent)
+
+    def _record(self, taken: list[tuple[str, Any]], account: str | None) -> None:
+        """Count accepted events, also per account; the caller holds the lock."""
         per_account = self._per_account.setdefault(account or "", {})
-        for orderid, payload in zip(orderids[:kept], events[:kept], strict=True):
+        for orderid, payload in taken:
             self._counts[orderid] = self._counts.get(orderid, 0) + 1
             per_account[orderid] = per_account.get(orderid, 0) + 1
             self._payloads.setdefault(orderid, []).append(payload)
-        self._total_events += kept
-        return self._logged(
-            Reply(200, {"success": True, "created": kept, "updated": 0, "errors": []}), count,
-            seen)
+        self._total_events += len(taken)
 
     def _misdirected_errors(self, account: str | None,
                             events: list[Any]) -> list[dict[str, Any]]:
-        """An error per event that names another account than the request's headers."""
+        """An error per event that names another account than the request's headers; the
+        caller holds the lock."""
         field = self.account_field
         if field is None:
             return []
@@ -368,7 +394,26 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if not reply.trickle_seconds:
+            self.wfile.write(data)
+            return
+        self.close_connection = True
+        completed = False
+        try:
+            self.wfile.flush()
+            pause = reply.trickle_seconds / len(data)
+            stopping = cast(_Server, self.server).stopping
+            for index in range(len(data)):
+                if stopping.wait(pause):
+                    return
+                self.wfile.write(data[index:index + 1])
+                self.wfile.flush()
+            completed = True
+        except OSError:
+            return  # the client hung up: that is what the fault is there to show
+        finally:
+            if reply.on_sent is not None:
+                reply.on_sent(completed)
 
 
 class _Server(ThreadingHTTPServer):

@@ -20,6 +20,7 @@ from spotler_outbox.models.errors import ConfigurationError
 from spotler_outbox.models.settings import Settings
 from spotler_outbox.models.validation import canonical_json
 from spotler_outbox.models.version import installed_version
+from spotler_outbox.worker.spotler.deadline import DeadlineAdapter, request_deadline
 from spotler_outbox.worker.spotler.errors import (
     AuthFailed,
     Misdirected,
@@ -143,7 +144,12 @@ class SpotlerClient:
                                      "are both needed")
         self.account = account
         self.timeout = (settings.connect_timeout, settings.read_timeout)
+        # The whole request, connect to last byte: the claim renews its lease to cover this.
+        self.deadline = settings.connect_timeout + settings.read_timeout
         self.session = requests.Session()
+        adapter = DeadlineAdapter()
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
         self.session.trust_env = False  # a proxy from the environment must not see the key
         self.session.verify = True
         self.session.headers.update({
@@ -175,15 +181,23 @@ class SpotlerClient:
         try:
             # Never follow a redirect: requests would turn the POST into a GET (a 2xx to it is
             # no delivery) and carry X-AUTH-APIKEY to whatever host it names.
-            response = self.session.post(self.base_url + path, data=body, timeout=self.timeout,
-                                         allow_redirects=False)
-        except requests.Timeout as e:
-            raise RetryableError(f"timed out talking to Spotler ({type(e).__name__})") from e
-        except requests.ConnectionError as e:
-            raise RetryableError(f"could not connect to Spotler ({type(e).__name__})") from e
+            with request_deadline(self.deadline) as deadline:
+                response = self.session.post(self.base_url + path, data=body,
+                                             timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as e:
-            raise RetryableError(f"request to Spotler failed ({type(e).__name__})") from e
+            if deadline.fired:
+                raise RetryableError(f"timed out talking to Spotler: no full answer within "
+                                     f"{self.deadline:g}s") from e
+            raise _failure(e) from e
         return response.status_code, response.text, response.headers
 
     def close(self) -> None:
         self.session.close()
+
+
+def _failure(e: requests.RequestException) -> RetryableError:
+    if isinstance(e, requests.Timeout):
+        return RetryableError(f"timed out talking to Spotler ({type(e).__name__})")
+    if isinstance(e, requests.ConnectionError):
+        return RetryableError(f"could not connect to Spotler ({type(e).__name__})")
+    return RetryableError(f"request to Spotler failed ({type(e).__name__})")

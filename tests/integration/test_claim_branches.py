@@ -1,0 +1,180 @@
+"""The rare ends of a claim, each forced on purpose: out of time, part of it lost before or
+after sending, rows crashed on too often, a 429 without Retry-After, a pause's end."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from spotler_outbox.models import control
+from spotler_outbox.models.tables import Status
+from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi
+from spotler_outbox.worker.spotler.client import Accepted
+from tests.integration.fixtures import ACCOUNT, API_KEY, row, seed, seed_row, statuses
+from tests.integration.test_dispatch import drain, make_dispatcher
+
+
+def steal(engine: Engine, orderid: str) -> None:
+    """What another worker does once a lease ran out: the row carries its token now."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE outbox_events SET claim_token = 'thief' "
+                             "WHERE orderid = :o"), {"o": orderid})
+
+
+def test_a_claim_that_runs_out_of_time_hands_the_unsent_rest_back_without_an_attempt(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    # Halving 8 events down to the bad one takes 7 requests of 1.2 s: more than the 7 s a
+    # claim may take, so the last parts go back unsent.
+    dispatcher = make_dispatcher(database_url, api, batch_size=8, lease_seconds=7.0,
+                                 connect_timeout=0.5, read_timeout=1.5)
+    seed(engine, [f"OT-{i}" for i in range(8)], dispatcher.settings)
+    api.state.set_faults(Faults(reject_orderids=["OT-7"], latency_ms=1200))
+    report = dispatcher.run_once()
+    assert report.released > 0
+    handed_back = [o for o, s in statuses(engine).items() if s == Status.PENDING]
+    assert handed_back
+    for orderid in handed_back:
+        assert row(engine, orderid).attempts == 0
+        assert "ran out of time or was halted" in row(engine, orderid).last_error
+    api.state.set_faults(Faults(reject_orderids=["OT-7"]))
+    drain(dispatcher)
+    result = statuses(engine)
+    assert result.pop("OT-7") == Status.FAILED
+    assert set(result.values()) == {Status.DELIVERED}
+    assert all(n == 1 for n in api.state.received()["orderids"].values())
+
+
+def test_a_claim_halted_by_a_429_mid_split_hands_the_other_half_back_unsent(
+    database_url: str, engine: Engine, api: RunningFakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=4)
+    seed(engine, ["HL-1", "HL-2", "HL-3", "HL-4"], dispatcher.settings)
+    api.state.set_faults(Faults(reject_orderids=["HL-1"]))
+    track = dispatcher.client.track
+
+    def then_throttled(events: Any) -> Accepted:
+        try:
+            return track(events)
+        finally:  # after the 400 that splits the batch, Spotler starts throttling
+            api.state.set_faults(Faults(rate_limit_seconds=30))
+
+    monkeypatch.setattr(dispatcher.client, "track", then_throttled)
+    report = dispatcher.run_once()
+    assert report.rate_limited
+    assert [r["status"] for r in api.state.request_log()] == [400, 429]  # not the other half
+    assert set(statuses(engine).values()) == {Status.PENDING}
+    notes = {row(engine, o).last_error for o in ("HL-1", "HL-2", "HL-3", "HL-4")}
+    assert any("ran out of time or was halted" in (note or "") for note in notes)
+    assert all(row(engine, o).attempts == 0 for o in ("HL-1", "HL-2", "HL-3", "HL-4"))
+
+
+def test_a_claim_that_lost_part_of_its_rows_before_sending_sends_nothing_more(
+    database_url: str, engine: Engine, api: RunningFakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # lease = connect + read + margin: every request after the first renews the claim first.
+    dispatcher = make_dispatcher(database_url, api, batch_size=4, lease_seconds=7.0,
+                                 connect_timeout=0.5, read_timeout=1.5)
+    seed(engine, ["PL-1", "PL-2", "PL-3", "PL-4"], dispatcher.settings)
+    api.state.set_faults(Faults(reject_orderids=["PL-1"]))
+    track = dispatcher.client.track
+
+    def first_request_then_a_theft(events: Any) -> Accepted:
+        try:
+            return track(events)
+        finally:
+            stolen = next(o for o in ("PL-1", "PL-2", "PL-3", "PL-4")
+                          if row(engine, o).claim_token != "thief")
+            steal(engine, stolen)
+
+    monkeypatch.setattr(dispatcher.client, "track", first_request_then_a_theft)
+    report = dispatcher.run_once()
+    assert report.lost_claims == 1 and report.requests == 1
+    assert len(api.state.request_log()) == 1  # nothing sent once the claim was incomplete
+    result = statuses(engine)
+    assert sorted(result.values()).count(Status.PENDING) == 3
+    for orderid, status in result.items():
+        if status == Status.PENDING:
+            assert "part of the claim was lost" in row(engine, orderid).last_error
+            assert row(engine, orderid).attempts == 0
+
+
+def test_rows_sent_after_their_claim_passed_to_another_worker_are_not_marked_by_this_one(
+    database_url: str, engine: Engine, api: RunningFakeApi, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=2)
+    seed(engine, ["LC-1", "LC-2"], dispatcher.settings)
+    track = dispatcher.client.track
+
+    def sent_while_the_lease_passed(events: Any) -> Accepted:
+        accepted = track(events)
+        steal(engine, "LC-2")  # Spotler took it; meanwhile another worker claimed it
+        return accepted
+
+    monkeypatch.setattr(dispatcher.client, "track", sent_while_the_lease_passed)
+    with caplog.at_level(logging.ERROR):
+        report = dispatcher.run_once()
+    assert (report.delivered, report.lost_claims) == (1, 1)
+    assert row(engine, "LC-1").status == Status.DELIVERED
+    stolen = row(engine, "LC-2")
+    assert (stolen.status, stolen.claim_token) == (Status.IN_FLIGHT, "thief")
+    assert "1 rows were sent but their claim had passed to another worker" in caplog.text
+
+
+def test_a_row_claimed_more_often_than_its_attempts_allow_is_parked_without_a_request(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, max_attempts=3)
+    # Three claims ended with no answer recorded (the worker was killed each time).
+    seed_row(engine, "CR-1", attempts=3)
+    dispatcher.run_once()
+    parked = row(engine, "CR-1")
+    assert parked.status == Status.FAILED
+    assert "gave up: claimed 3 times without an answer being recorded" in parked.last_error
+    assert api.state.request_log() == []
+
+
+def test_a_429_without_retry_after_still_holds_every_worker_for_a_first_backoff_step(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, backoff_base=1.0, backoff_cap=1.0)
+    seed(engine, ["RA-1"], dispatcher.settings)
+    api.state.set_faults(Faults(fail_next=1, error_status=429))  # no Retry-After header
+    report = dispatcher.run_once()
+    assert report.rate_limited
+    assert "Retry-After" not in str(api.state.request_log())
+    assert row(engine, "RA-1").attempts == 0
+    with engine.connect() as conn:
+        state = control.read_control(conn)
+    now = dt.datetime.now(dt.UTC)
+    assert state.rate_limited(now)  # held: base 1 s, jittered, plus 1 s
+    assert dispatcher.run_once().rate_limited
+    assert len(api.state.request_log()) == 1
+    drain(dispatcher)
+    assert row(engine, "RA-1").status == Status.DELIVERED
+
+
+def test_the_end_of_a_credentials_pause_gives_the_waiting_rows_a_full_retry_window(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, max_age=3600)
+    two_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    seed_row(engine, "PW-1", created_at=two_days_ago)
+    api.state.set_credentials(ACCOUNT, "rotated")
+    assert dispatcher.run_once().paused
+    api.state.set_credentials(ACCOUNT, API_KEY)
+    time.sleep(0.25)  # the next credential check is due
+    assert dispatcher.recheck_credentials() is True
+    api.state.set_faults(Faults(fail_next=1, error_status=503))
+    dispatcher.run_once()
+    # Two days old, max age one hour: without the fresh window it would be failed now.
+    assert row(engine, "PW-1").status == Status.PENDING
+    drain(dispatcher)
+    assert row(engine, "PW-1").status == Status.DELIVERED
