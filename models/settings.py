@@ -1,10 +1,18 @@
-"""The one settings object, read from the environment on first use (never at import)."""
+"""The one settings object, read from the environment on first use (never at import).
+
+Each value comes from, in this order: the environment, a file the environment names
+(`NAME_FILE`, for the secrets, as Docker secrets provide them), then the same two in a `.env`
+file in the working directory. The environment always wins over `.env`.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from spotler_outbox.models.errors import ConfigurationError
@@ -18,15 +26,17 @@ class Settings:
     """Every knob, with its environment variable in the field's metadata."""
 
     database_url: str = field(
-        default="sqlite:///spotler_outbox.db", metadata={"env": "OUTBOX_DATABASE_URL"}
+        default="sqlite:///spotler_outbox.db",
+        metadata={"env": "OUTBOX_DATABASE_URL", "secret": True},
     )
     broker_url: str = field(
-        default="redis://127.0.0.1:6379/0", metadata={"env": "OUTBOX_BROKER_URL"}
+        default="redis://127.0.0.1:6379/0", metadata={"env": "OUTBOX_BROKER_URL", "secret": True}
     )
     api_url: str = field(default="https://api.squeezely.tech", metadata={"env": "SPOTLER_API_URL"})
-    account: str = field(default="", metadata={"env": "SPOTLER_ACCOUNT"})
+    account: str = field(default="", metadata={"env": "SPOTLER_ACCOUNT", "secret": True})
     # repr=False keeps the key out of every repr, traceback and log of the settings.
-    api_key: str = field(default="", repr=False, metadata={"env": "SPOTLER_API_KEY"})
+    api_key: str = field(default="", repr=False,
+                         metadata={"env": "SPOTLER_API_KEY", "secret": True})
     # A JSON file {"<account id>": "<api key>"}: the other stores' accounts (models.accounts).
     accounts_file: str = field(default="", metadata={"env": "SPOTLER_ACCOUNTS_FILE"})
     # Per account, shared by every worker through the outbox database; 0: no budget.
@@ -87,15 +97,77 @@ class Settings:
         return replace(self, **changes)
 
     @classmethod
-    def from_environment(cls, environ: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if environ is None else environ)
+    def from_environment(cls, environ: Mapping[str, str] | None = None,
+                         dotenv: Path | None = None) -> Settings:
+        """environ defaults to os.environ, and then dotenv to ./.env (read if it exists)."""
+        if environ is None:
+            environ = os.environ
+            dotenv = Path(".env") if dotenv is None else dotenv
+        sources = [environ, read_dotenv(dotenv) if dotenv is not None else {}]
         values: dict[str, Any] = {}
         for f in fields(cls):
             name = f.metadata["env"]
-            if name not in env:
-                continue
-            values[f.name] = _parse(name, env[name], f.default)
+            raw = _lookup(name, sources, secret=f.metadata.get("secret", False))
+            if raw is not None:
+                values[f.name] = _parse(name, raw, f.default)
         return cls(**values)
+
+
+def secret_file_variables() -> list[str]:
+    """The `NAME_FILE` variables: one for each secret setting."""
+    return [f.metadata["env"] + "_FILE" for f in fields(Settings) if f.metadata.get("secret")]
+
+
+def _lookup(name: str, sources: list[Mapping[str, str]], *, secret: bool) -> str | None:
+    for source in sources:
+        in_file = source.get(name + "_FILE") if secret else None
+        if in_file is not None and source.get(name) == "":
+            return _read_secret_file(name + "_FILE", in_file)  # `NAME=` left empty in a .env
+        if name in source and in_file is not None:
+            raise ConfigurationError(f"{name} and {name}_FILE are both set; set one of them")
+        if name in source:
+            return source[name]
+        if in_file is not None:
+            return _read_secret_file(name + "_FILE", in_file)
+    return None
+
+
+def _read_secret_file(variable: str, path: str) -> str:
+    try:
+        # A secret file usually ends with a newline; a secret never does.
+        return Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise ConfigurationError(f"{variable}: cannot read {path}: {reason}") from e
+
+
+_DOTENV_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """`NAME=value` lines as docker compose reads them: # comments, optional quotes, no
+    expansion. A missing file is an empty one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise ConfigurationError(f"{path}: cannot read: {e.strerror or e}") from e
+    values = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        match = _DOTENV_LINE.match(stripped)
+        if match is None:
+            raise ConfigurationError(f"{path} line {number}: expected NAME=value")
+        name, value = match.groups()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        else:
+            value = re.sub(r"\s+#.*$", "", value)
+        values[name] = value
+    return values
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

@@ -9,6 +9,8 @@ from typing import Any
 
 from celery import Celery
 
+from spotler_outbox.worker.listen import ListenStep
+
 app = Celery("spotler_outbox", include=["spotler_outbox.worker.tasks"])
 
 
@@ -77,3 +79,4 @@ def _transport_options(broker_url: str, lease: float) -> dict[str, Any]:
 
 
 app.config_from_object(_LazyConfig())
+app.steps["worker"].add(ListenStep)

@@ -1,7 +1,7 @@
 """Several Spotler accounts in one outbox: an account per row, a control row per account.
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-27
 
 Existing rows get the account '' : the default account, resolved to SPOTLER_ACCOUNT when a
@@ -24,7 +24,7 @@ from alembic import op
 from spotler_outbox.models.tables import UTCDateTime, key_text, utc_now
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

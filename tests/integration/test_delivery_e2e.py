@@ -37,7 +37,8 @@ def engine(server_database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def env(server_database_url: str, api: RunningFakeApi, broker: redis.Redis) -> dict[str, str]:
-    return worker_environment(server_database_url, api.url)
+    # The workers log in as the least-privilege user `spotler-outbox grants` creates.
+    return worker_environment(server_database_url, api.url, as_role="worker")
 
 
 def producer_settings(database_url: str, *, wakeup: bool = True) -> Settings:

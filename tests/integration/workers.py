@@ -31,8 +31,15 @@ def redis_or_skip() -> redis.Redis:
     return client
 
 
-def worker_environment(database_url: str, api_url: str, **extra: str) -> dict[str, str]:
+def worker_environment(database_url: str, api_url: str, *, as_role: str | None = None,
+                       **extra: str) -> dict[str, str]:
+    """as_role="worker" runs the workers as the least-privilege user `spotler-outbox grants`
+    creates, instead of the migrations' owner."""
     from tests.integration.fixtures import ACCOUNT, API_KEY
+    from tests.integration.roles import role_urls
+
+    if as_role is not None:
+        database_url = role_urls(database_url)[as_role]
 
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OUTBOX_", "SPOTLER_"))}

@@ -18,8 +18,8 @@ COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 SETTINGS_ENV = {f.metadata["env"] for f in fields(Settings)}
-# Read by the flower service's command line only, never by Python.
-COMPOSE_ONLY_ENV = {"FLOWER_BASIC_AUTH"}
+# Read by Flower itself, and by the compose file for the migrate service, never by our Python.
+COMPOSE_ONLY_ENV = {"FLOWER_BASIC_AUTH", "OUTBOX_MIGRATE_DATABASE_URL"}
 CELERY_ROLES = {"worker", "beat", "flower"}
 OUR_IMAGE = "spotler-outbox:latest"
 
@@ -72,7 +72,7 @@ def environment_names(service: dict[str, Any]) -> set[str]:
     return {str(item).split("=", 1)[0] for item in env}
 
 
-def test_every_variable_compose_reads_is_a_setting_or_flower_basic_auth() -> None:
+def test_every_variable_compose_reads_is_a_setting_or_a_compose_only_one() -> None:
     substituted = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", COMPOSE_TEXT))
     given = set().union(*(environment_names(s) for s in ours().values()))
     unknown = (substituted | given) - SETTINGS_ENV - COMPOSE_ONLY_ENV
@@ -84,3 +84,42 @@ def test_every_variable_compose_substitutes_is_in_env_example() -> None:
     example = (ROOT / ".env.example").read_text()
     for name in set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", COMPOSE_TEXT)):
         assert re.search(rf"^{name}=", example, re.M), f"{name} missing from .env.example"
+
+
+def test_no_database_or_redis_port_is_published_and_every_published_port_is_on_loopback() -> None:
+    # A shop's own PostgreSQL, MySQL or Redis (Magento keeps Redis on 6379) listens there.
+    assert "ports" not in SERVICES["postgres"] and "ports" not in SERVICES["redis"]
+    for name, service in SERVICES.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_the_bundled_postgresql_runs_only_in_the_demo_profile_and_nothing_requires_it() -> None:
+    assert SERVICES["postgres"]["profiles"] == ["demo"]
+    for name, service in SERVICES.items():
+        needs = service.get("depends_on", {})
+        if isinstance(needs, dict) and "postgres" in needs:
+            assert needs["postgres"].get("required") is False, name
+
+
+def test_every_service_of_the_image_reaches_the_host_as_host_docker_internal() -> None:
+    for name, service in ours().items():
+        if service.get("network_mode", "").startswith("service:"):
+            continue  # shares another service's network, and its hosts
+        assert "host.docker.internal:host-gateway" in service.get("extra_hosts", []), name
+
+
+@pytest.mark.parametrize("name", ["worker", "beat", "flower"])
+def test_the_worker_beat_and_flower_have_healthchecks(name: str) -> None:
+    check = SERVICES[name]["healthcheck"]
+    assert check["test"][0] in ("CMD", "CMD-SHELL") and check["interval"]
+
+
+def test_no_command_line_carries_a_credential() -> None:
+    for name, service in SERVICES.items():
+        line = " ".join(command(service))
+        for secret in ("--basic-auth", "--api-key", "--account", "SPOTLER_API_KEY",
+                       "FLOWER_BASIC_AUTH", "PASSWORD"):
+            assert secret not in line, f"{name}'s command line carries {secret}"
+    assert SERVICES["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith(
+        "${FLOWER_BASIC_AUTH:?")

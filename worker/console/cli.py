@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from spotler_outbox import migrations
+from spotler_outbox.models import grants
 from spotler_outbox.models.accounts import account_keys
 from spotler_outbox.models.database import describe_database_error, shown_url
 from spotler_outbox.models.errors import ConfigurationError, NotFound, OutboxError, UsageError
@@ -59,6 +60,14 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     for line in importer.refused_lines(report):
         print("  " + line)
     return PROBLEMS if report.refused else OK
+
+
+def cmd_grants(args: argparse.Namespace, settings: Settings) -> int:
+    url = sa.engine.make_url(settings.database_url)
+    names = {role: getattr(args, role) for role in grants.ROLES}
+    print(grants.grants_script(url.get_backend_name(), url.database or "", grants.logins(names),
+                               schema=args.schema, host=args.host), end="")
+    return OK
 
 
 def cmd_fake_api(args: argparse.Namespace, settings: Settings) -> int:
@@ -166,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true",
                    help="really send the test purchase (without it, only shows it)")
     _account_option(p)
+    p = command("grants", cmd_grants, "print SQL creating least-privilege users for the order "
+                "system, the workers and an operator (OUTBOX_DATABASE_URL names the database)")
+    for role, name in grants.DEFAULT_NAMES.items():
+        p.add_argument(f"--{role}", default=name, metavar="NAME", help=f"default {name}")
+    p.add_argument("--schema", default="public", help="PostgreSQL: the outbox tables' schema")
+    p.add_argument("--host", default="%", help="MariaDB/MySQL: the users' host part")
     p = command("fake-api", cmd_fake_api, "serve a fake Spotler API on loopback")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8900)
