@@ -177,7 +177,8 @@ def account_families(accounts: list[AccountSummary], now: dt.datetime,
         if credentials is not None:
             waiting = sum(a.counts[status] for status in DUE_STATUSES)
             missing.add_metric(label, int(a.account not in credentials and waiting > 0))
-    yield from (rows, paused, held, missing)
+    # A family without samples (no accounts, credentials unknown) is left out, not sent empty.
+    yield from (family for family in (rows, paused, held, missing) if family.samples)
 
 
 class OutboxCollector(Collector):
