@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from spotler_outbox.migrations import VERSION_TABLE
 from spotler_outbox.models.database import make_engine
 from spotler_outbox.models.settings import get_settings
 from spotler_outbox.models.tables import Base
@@ -21,6 +22,7 @@ def run_migrations_online() -> None:
             target_metadata=Base.metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            version_table=VERSION_TABLE,
         )
         with context.begin_transaction():
             context.run_migrations()
@@ -28,7 +30,8 @@ def run_migrations_online() -> None:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=url, target_metadata=Base.metadata, literal_binds=True)
+    context.configure(url=url, target_metadata=Base.metadata, literal_binds=True,
+                      version_table=VERSION_TABLE)
     with context.begin_transaction():
         context.run_migrations()
 

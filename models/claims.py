@@ -214,19 +214,21 @@ def park(
              "http_status": http_status} for row_id, reason in reasons])
 
 
-_INSERT_ATTEMPT = attempts_table.insert().returning(attempts_table.c.id)
+# No explicit RETURNING (MySQL 8 has none): SQLAlchemy reads the new id the dialect's way.
+_INSERT_ATTEMPT = attempts_table.insert()
 _INSERT_ATTEMPT_EVENT = attempt_events.insert()
 
 
 def record_attempt(
     conn: sa.Connection, record: AttemptRecord, rows: Sequence[ClaimedRow]
 ) -> int:
-    attempt_id = conn.execute(_INSERT_ATTEMPT, {
+    inserted = conn.execute(_INSERT_ATTEMPT, {
         "started_at": record.started_at, "duration_ms": record.duration_ms,
         "event_count": record.event_count, "http_status": record.http_status,
         "outcome": record.outcome, "error_class": record.error_class,
         "response_excerpt": record.response_excerpt, "worker": record.worker,
-    }).scalar_one()
+    })
+    attempt_id: int = inserted.inserted_primary_key_rows[0][0]  # type: ignore[index]
     conn.execute(_INSERT_ATTEMPT_EVENT, [
         {"attempt_id": attempt_id, "outbox_event_id": r.id, "attempt_number": r.attempts}
         for r in rows

@@ -7,9 +7,8 @@ from functools import cache
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from spotler_outbox.models import wakeup
 from spotler_outbox.models.accounts import row_account
@@ -17,22 +16,29 @@ from spotler_outbox.models.settings import Settings, get_settings
 from spotler_outbox.models.tables import OutboxEvent
 from spotler_outbox.models.validation import canonical_json, validate_purchase
 
-_WAKEUP_FLAG = "spotler_outbox_wakeup"
-_LISTENING = "spotler_outbox_listening"
+MYSQL_FAMILY = ("mysql", "mariadb")
 _table = cast(sa.Table, OutboxEvent.__table__)
 _KEY = ("account", "event", "orderid")  # the outbox's unique key
+SessionLike = Session | scoped_session[Any] | sa.Connection
 
 
 class EnqueueResult:
-    """The outbox row for the order; `created` is False when the orderid was already there."""
+    """The outbox row for the order; `created` is False when the orderid was already there.
 
-    __slots__ = ("_row", "_session", "created", "id", "visible")
+    `id` and `row` are read on first use: most callers need only `created`, and the enqueue
+    stays one round trip. Read while the caller's transaction is open, they come from it; after
+    it ended, from a connection of their own (the row exists once the transaction committed).
+    """
 
-    def __init__(self, session: Session, row_id: int, created: bool, *,
-                 visible: bool = True) -> None:
-        self._session = session
+    __slots__ = ("_conn", "_id", "_row", "_session", "_values", "created", "visible")
+
+    def __init__(self, session: SessionLike, conn: sa.Connection, values: Mapping[str, str],
+                 created: bool, row_id: int | None = None, *, visible: bool = True) -> None:
+        self._session = None if isinstance(session, sa.Connection) else session
+        self._conn = conn
+        self._values = values
+        self._id = row_id
         self._row: OutboxEvent | None = None
-        self.id = row_id
         self.created = created
         # False: a duplicate committed after the snapshot of a REPEATABLE READ or SERIALIZABLE
         # caller, which its own transaction cannot see.
@@ -42,58 +48,93 @@ class EnqueueResult:
     def duplicate(self) -> bool:
         return not self.created
 
+    def _in_callers_transaction(self) -> bool:
+        return not self._conn.closed and self._conn.in_transaction()
+
+    @property
+    def id(self) -> int:
+        if self._id is None:
+            find = compiled_statements(self._conn.dialect.name)[1]
+            if self._in_callers_transaction():
+                self._id = int(self._conn.exec_driver_sql(find, dict(self._values)).scalar_one())
+            else:
+                with self._conn.engine.connect() as outside:
+                    self._id = int(outside.exec_driver_sql(find, dict(self._values))
+                                   .scalar_one())
+        return self._id
+
     @property
     def row(self) -> OutboxEvent:
-        """The ORM row, loaded on first use: most callers need only `created`."""
-        if self._row is None and not self.visible:
-            bind = self._session.get_bind()
-            with Session(bind.engine if isinstance(bind, sa.Connection) else bind) as outside:
+        """The ORM row, loaded on first use."""
+        if self._row is None and (not self.visible or not self._in_callers_transaction()):
+            with Session(self._conn.engine) as outside:
                 self._row = outside.get_one(OutboxEvent, self.id)
                 outside.expunge(self._row)
         if self._row is None:
             load = sa.select(OutboxEvent).where(OutboxEvent.id == self.id)
-            if self._session.get_bind().dialect.name in ("mysql", "mariadb"):
-                load = load.with_for_update(read=True)  # see _find_existing
-            self._row = self._session.execute(load).scalar_one()
+            if self._conn.dialect.name in MYSQL_FAMILY:
+                load = load.with_for_update(read=True)  # see find_existing_statement
+            session = self._session or Session(bind=self._conn)
+            self._row = session.execute(load).scalar_one()
         return self._row
 
 
-def enqueue_purchase(
-    session: Session, event: Mapping[str, Any], *, account: str | None = None,
-    settings: Settings | None = None,
-) -> EnqueueResult:
-    """Validate `event` and add it to the outbox inside the caller's transaction.
-
-    Nothing is committed here: the order and its event commit or roll back together. A second
-    enqueue of the same orderid (even from a concurrent transaction) returns the existing row;
-    it never raises on the duplicate and never aborts the caller's transaction.
-    Raises InvalidEvent, naming every bad field, before touching the database.
+def outbox_values(event: Mapping[str, Any], settings: Settings,
+                  account: str | None = None) -> dict[str, str]:
+    """The validated row's column values; raises InvalidEvent naming every bad field.
 
     `account` names the Spotler account (store) the order goes to; orderids need only be
     unique within their account. Without it, the default account (SPOTLER_ACCOUNT).
     """
-    settings = settings or get_settings()
     payload = validate_purchase(event, settings)
-    values = {"account": row_account(account, settings), "event": payload["event"],
-              "orderid": payload["orderid"], "payload": canonical_json(payload)}
-    conn = session.connection()
+    return {"account": row_account(account, settings), "event": payload["event"],
+            "orderid": payload["orderid"], "payload": canonical_json(payload)}
+
+
+def enqueue_purchase(
+    session: SessionLike, event: Mapping[str, Any], *, account: str | None = None,
+    settings: Settings | None = None,
+) -> EnqueueResult:
+    """Validate `event` and add it to the outbox inside the caller's transaction.
+
+    `session` is a SQLAlchemy Session, a scoped_session (Flask-SQLAlchemy's `db.session`) or a
+    Connection. Nothing is committed here: the order and its event commit or roll back
+    together. A second enqueue of the same orderid (even from a concurrent transaction) returns
+    the existing row; it never raises on the duplicate and never aborts the caller's
+    transaction. Raises InvalidEvent, naming every bad field, before touching the database.
+    `account` names the order's Spotler account (store); without it, the default account.
+    """
+    settings = settings or get_settings()
+    values = outbox_values(event, settings, account)
+    conn = session if isinstance(session, sa.Connection) else session.connection()
     dialect = conn.dialect.name
+    new_id: int | None = None
     if dialect == "postgresql" and _snapshot_isolation(conn):
-        inserted_id = _insert_in_savepoint(session, values)
-        if inserted_id is _INVISIBLE:
-            existing = _id_committed_outside(session, values)
-            return EnqueueResult(session, existing, created=False, visible=False)
+        created = _insert_in_savepoint(session, conn, values)
+        if created is None:
+            existing = _id_committed_outside(conn, values)
+            return EnqueueResult(session, conn, values, created=False, row_id=existing,
+                                 visible=False)
     else:
-        inserted_id = conn.execute(_insert_unless_present(dialect), values).scalar()
-    if inserted_id is None:
-        existing_id: int = conn.execute(_find_existing(dialect), values).scalar_one()
-        return EnqueueResult(session, existing_id, created=False)
+        # The SQL text compiled once: the statement cache lookup cost more than the rest of
+        # the call but the round trip; no RETURNING either, which cost as much again
+        # (benchmarks/enqueue_cost.py). Connection events still fire.
+        result = conn.exec_driver_sql(compiled_statements(dialect)[0], values)
+        # ON CONFLICT DO NOTHING / INSERT IGNORE report a duplicate as 0 rows.
+        created = result.rowcount == 1
+        # MySQL and MariaDB send the new id with the OK packet: free. Elsewhere on demand.
+        if created and dialect in MYSQL_FAMILY:
+            new_id = int(result.lastrowid)
+    if not created:
+        return EnqueueResult(session, conn, values, created=False)
     if settings.wakeup_enabled:
-        _wake_workers_after_commit(session, settings)
-    return EnqueueResult(session, inserted_id, created=True)
+        if isinstance(session, sa.Connection):
+            wakeup.wake_after_connection_commit(session, settings.broker_url)
+        else:
+            wakeup.wake_after_session_commit(session, settings.broker_url)
+    return EnqueueResult(session, conn, values, created=True, row_id=new_id)
 
 
-_INVISIBLE = -1
 _SNAPSHOT_LEVELS = ("REPEATABLE READ", "SERIALIZABLE")
 
 
@@ -108,37 +149,60 @@ def _snapshot_isolation(conn: sa.Connection) -> bool:
     return str(level).upper().replace("_", " ") in _SNAPSHOT_LEVELS
 
 
-def _insert_in_savepoint(session: Session, values: dict[str, Any]) -> int | None:
-    """The insert, in a savepoint: PostgreSQL fails it (40001) when the duplicate was committed
-    after the caller's snapshot, and that failure must not abort the caller's transaction.
+def _insert_in_savepoint(
+    session: SessionLike, conn: sa.Connection, values: Mapping[str, str]
+) -> bool | None:
+    """The insert in a savepoint: whether it added the row, None when PostgreSQL failed it
+    (40001) because the duplicate was committed after the caller's snapshot; that failure must
+    not abort the caller's transaction.
 
     Only under snapshot isolation: at READ COMMITTED it cannot happen, and the savepoint's
     two round trips would double the cost of an enqueue.
     """
+    insert = compiled_statements("postgresql")[0]
     try:
+        if isinstance(session, sa.Connection):
+            with session.begin_nested():
+                return bool(session.exec_driver_sql(insert, values).rowcount == 1)
         with session.begin_nested():
             # session.connection() inside the block is what emits the SAVEPOINT.
-            insert = _insert_unless_present("postgresql")
-            inserted: int | None = session.connection().execute(insert, values).scalar()
-            return inserted
+            return bool(session.connection().exec_driver_sql(insert, values).rowcount == 1)
     except sa.exc.OperationalError as e:
         if getattr(e.orig, "sqlstate", None) != "40001":
             raise
-        return _INVISIBLE
+        return None
 
 
-def _id_committed_outside(session: Session, values: dict[str, Any]) -> int:
+def _id_committed_outside(conn: sa.Connection, values: Mapping[str, str]) -> int:
     """The id of a row the caller's snapshot cannot see, read in a transaction of its own."""
-    bind = session.get_bind()
-    engine = bind.engine if isinstance(bind, sa.Connection) else bind
-    with engine.connect() as outside:
-        found: int = outside.execute(_find_existing("postgresql"), values).scalar_one()
+    with conn.engine.connect() as outside:
+        found: int = outside.exec_driver_sql(compiled_statements("postgresql")[1],
+                                             dict(values)).scalar_one()
     return found
 
 
 @cache
-def _insert_unless_present(dialect: str) -> sa.Executable:
-    """An INSERT that yields the new id, or nothing when (account, event, orderid) exists.
+def compiled_statements(dialect: str, returning: bool = False) -> tuple[str, str]:
+    """(insert, find existing) as SQL text, parameters named in the driver's style: pyformat
+    for psycopg, PyMySQL and mysqlclient, named for sqlite3. With `returning`, the insert
+    yields the new id where the database has RETURNING (not MySQL: there, lastrowid)."""
+    target: sa.Dialect
+    if dialect == "postgresql":
+        target = postgresql.base.PGDialect(paramstyle="pyformat")  # type: ignore[no-untyped-call]
+    elif dialect in MYSQL_FAMILY:
+        target = mysql.base.MySQLDialect(paramstyle="pyformat")
+    else:
+        target = sqlite.base.SQLiteDialect(paramstyle="named")
+    insert = insert_statement(dialect)
+    if returning and dialect not in MYSQL_FAMILY:
+        insert = insert.returning(_table.c.id)
+    return (str(insert.compile(dialect=target)),
+            str(find_existing_statement(dialect).compile(dialect=target)))
+
+
+@cache
+def insert_statement(dialect: str) -> sa.Insert:
+    """An INSERT that adds the row, or nothing when (account, event, orderid) exists.
 
     The database resolves the race between two transactions: the second waits for the first
     and then inserts nothing, instead of failing with an IntegrityError that would poison the
@@ -148,41 +212,22 @@ def _insert_unless_present(dialect: str) -> sa.Executable:
     params: dict[str, Any] = {name: sa.bindparam(name) for name in (*_KEY, "payload")}
     if dialect == "postgresql":
         return (postgresql.insert(_table).values(params)
-                .on_conflict_do_nothing(index_elements=list(_KEY))
-                .returning(_table.c.id))
+                .on_conflict_do_nothing(index_elements=list(_KEY)))
     if dialect == "sqlite":
         return (sqlite.insert(_table).values(params)
-                .on_conflict_do_nothing(index_elements=list(_KEY))
-                .returning(_table.c.id))
-    # MariaDB: INSERT IGNORE returns no row for a duplicate; values are validated and bounded,
-    # so the other errors IGNORE would downgrade cannot occur here.
-    return mysql.insert(_table).values(params).prefix_with("IGNORE").returning(_table.c.id)
+                .on_conflict_do_nothing(index_elements=list(_KEY)))
+    # MySQL and MariaDB: INSERT IGNORE inserts nothing for a duplicate; values are validated
+    # and bounded, so the other errors IGNORE would downgrade cannot occur here.
+    return mysql.insert(_table).values(params).prefix_with("IGNORE")
 
 
 @cache
-def _find_existing(dialect: str) -> sa.Select[Any]:
+def find_existing_statement(dialect: str) -> sa.Select[Any]:
     find = sa.select(_table.c.id).where(*(_table.c[name] == sa.bindparam(name)
                                           for name in _KEY))
-    if dialect in ("mysql", "mariadb"):
+    if dialect in MYSQL_FAMILY:
         # Under REPEATABLE READ (MariaDB's default) INSERT IGNORE sees a row another
         # transaction committed after our snapshot, but a plain SELECT does not: read the
         # latest version, as the insert did.
         find = find.with_for_update(read=True)
     return find
-
-
-def _wake_workers_after_commit(session: Session, settings: Settings) -> None:
-    session.info[_WAKEUP_FLAG] = settings.broker_url
-    if session.info.get(_LISTENING):
-        return
-    session.info[_LISTENING] = True
-
-    @sa_event.listens_for(session, "after_commit")
-    def _after_commit(committed: Session) -> None:
-        broker_url = committed.info.pop(_WAKEUP_FLAG, None)
-        if broker_url:
-            wakeup.request_dispatch(broker_url)
-
-    @sa_event.listens_for(session, "after_rollback")
-    def _after_rollback(rolled_back: Session) -> None:
-        rolled_back.info.pop(_WAKEUP_FLAG, None)

@@ -7,6 +7,7 @@ A server that cannot be reached fails the run under CI=true and is skipped elsew
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from spotler_outbox import migrations
 from spotler_outbox.models.database import make_engine
 from spotler_outbox.models.settings import Settings, reset_settings
 from spotler_outbox.models.tables import Base
+from tests import mysql8_guard
 
 # A separate name lets two test runs share the servers without wiping each other's rows.
 TEST_DB = os.environ.get("TEST_DB_NAME", "spotler_outbox_test")
@@ -85,6 +87,26 @@ def wipe(engine: Engine) -> None:
                                                    next_request_at=None))
             else:
                 conn.execute(table.delete())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The MySQL 8 guard (tests/mysql8_guard.py) in this process and every one it starts."""
+    site = str(Path(__file__).parent / "mysql8_site")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (site, os.environ.get("PYTHONPATH")) if p)
+    log = Path(tempfile.mkdtemp(prefix="mysql8-guard-")) / "violations.log"
+    os.environ[mysql8_guard.LOG_VARIABLE] = str(log)
+    mysql8_guard.install()
+
+
+@pytest.fixture(autouse=True)
+def _mysql8_guard() -> Iterator[None]:
+    """Fails the test when any process ran a statement MySQL 8 lacks on MariaDB."""
+    log = Path(os.environ[mysql8_guard.LOG_VARIABLE])
+    log.unlink(missing_ok=True)
+    yield
+    if log.exists():
+        pytest.fail("MariaDB-only syntax sent to the server:\n" + log.read_text())
 
 
 @pytest.fixture(scope="session")

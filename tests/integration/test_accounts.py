@@ -285,3 +285,23 @@ def test_the_failures_view_names_each_failed_orders_account(
         conn.execute(events.update().values(status="failed", last_error="rejected"))
         shown = conn.execute(sa.text("SELECT account, orderid FROM outbox_failures")).all()
     assert sorted(shown) == [("", "F-1"), (BE, "F-1")]
+
+
+def test_the_db_api_helper_takes_the_account_too(engine: Engine, database_url: str) -> None:
+    from spotler_outbox import dbapi
+
+    settings = Settings(database_url=database_url, account=ACCOUNT, wakeup_enabled=False)
+    own = make_engine(database_url)
+    pooled = own.raw_connection()
+    raw = pooled.driver_connection  # the driver's own connection, as a shop holds it
+    try:
+        first = dbapi.enqueue_purchase(raw, purchase("DB-1"), account=BE, settings=settings)
+        again = dbapi.enqueue_purchase(raw, purchase("DB-1"), account=BE, settings=settings)
+        default = dbapi.enqueue_purchase(raw, purchase("DB-1"), settings=settings)
+        raw.commit()
+    finally:
+        pooled.close()
+        own.dispose()
+    assert first.created and not again.created and again.id == first.id and default.created
+    assert [r.orderid for r in rows(engine, BE)] == ["DB-1"]
+    assert [r.orderid for r in rows(engine, "")] == ["DB-1"]

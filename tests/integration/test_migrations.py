@@ -25,10 +25,11 @@ def test_upgrade_downgrade_upgrade_leaves_a_schema_identical_to_the_models(
     migrations.downgrade(url, "base")
     engine = make_engine(url)
     with engine.connect() as conn:
-        assert set(sa.inspect(conn).get_table_names()) <= {"alembic_version"}
+        assert set(sa.inspect(conn).get_table_names()) <= {"spotler_outbox_alembic_version"}
     migrations.upgrade(url)
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "version_table": migrations.VERSION_TABLE})
         diff = compare_metadata(context, Base.metadata)
         assert diff == []
         assert conn.execute(sa.text("SELECT count(*) FROM dispatch_control")).scalar() == 1

@@ -1,0 +1,162 @@
+"""What enqueue_purchase adds to an order transaction, next to a raw INSERT of the same row.
+
+    .venv/bin/python -m benchmarks.enqueue_cost [ORDERS]
+
+One run, both kinds interleaved (so drift in the machine hits both alike): each transaction
+inserts the shop's order row, then either calls `enqueue_purchase` (validation, the insert,
+the wake-up request; wake-ups on, to the broker in OUTBOX_BROKER_URL) or executes the plain
+SQL a shop would write itself (json.dumps of the event and the INSERT ... ON CONFLICT /
+INSERT IGNORE of the README), and commits. For PostgreSQL and MariaDB (BENCH_POSTGRES_URL,
+BENCH_MARIADB_URL) it prints medians of: the call alone (the figure the ratio is of: what
+each adds to the transaction), the commit (where the wake-up hook runs), and the whole
+transaction (dominated by the commit's flush to disk).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from spotler_outbox import enqueue_purchase, migrations
+from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.settings import get_settings
+
+URLS = {
+    "postgresql": os.environ.get(
+        "BENCH_POSTGRES_URL",
+        "postgresql+psycopg://postgres@127.0.0.1:5432/spotler_outbox_bench_enqueue"),
+    "mariadb": os.environ.get(
+        "BENCH_MARIADB_URL",
+        "mysql+pymysql://root@127.0.0.1:3306/spotler_outbox_bench_enqueue?charset=utf8mb4"),
+}
+_orders = sa.Table("bench_enqueue_orders", sa.MetaData(),
+                   sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+                   sa.Column("email", sa.String(200), nullable=False))
+_RAW = {
+    "postgresql": "INSERT INTO outbox_events (event, orderid, payload) "
+                  "VALUES (:event, :orderid, :payload) ON CONFLICT (event, orderid) DO NOTHING",
+    "mariadb": "INSERT IGNORE INTO outbox_events (event, orderid, payload) "
+               "VALUES (:event, :orderid, :payload)",
+}
+
+
+@dataclass(frozen=True)
+class Span:
+    call_ms: float
+    commit_ms: float
+    transaction_ms: float
+
+
+@dataclass(frozen=True)
+class EnqueueCost:
+    database: str
+    transactions: int
+    enqueue: Span  # medians with enqueue_purchase
+    raw_insert: Span  # medians with the raw INSERT
+
+    @property
+    def ratio(self) -> float:
+        """What enqueue_purchase adds to the transaction over what the raw INSERT adds."""
+        return self.enqueue.call_ms / self.raw_insert.call_ms
+
+    def line(self) -> str:
+        e, r = self.enqueue, self.raw_insert
+        return (f"{self.database:<10} enqueue_purchase {e.call_ms:.3f} ms vs raw INSERT "
+                f"{r.call_ms:.3f} ms: {self.ratio:.2f}x | commit {e.commit_ms:.3f} vs "
+                f"{r.commit_ms:.3f} ms | whole transaction {e.transaction_ms:.3f} vs "
+                f"{r.transaction_ms:.3f} ms: {e.transaction_ms / r.transaction_ms:.2f}x "
+                f"(medians of {self.transactions} each)")
+
+
+def _event(orderid: str, n: int) -> dict[str, Any]:
+    return {"event": "Purchase", "email": f"customer{n}@example.com", "orderid": orderid,
+            "products": [{"id": f"SKU-{n % 97}", "quantity": 1 + n % 3, "price": 9.95},
+                         {"id": "SKU-GIFTWRAP", "quantity": 1, "price": 2.50}],
+            "currency": "EUR", "firstname": "Jane", "lastname": "Doe"}
+
+
+def _prepare(url: str) -> sa.Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            if not conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                                {"n": parsed.database}).first():
+                conn.execute(sa.text(f'CREATE DATABASE "{parsed.database}"'))
+    else:
+        admin = sa.create_engine(parsed.set(database=""))
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS `{parsed.database}`"))
+    admin.dispose()
+    migrations.upgrade(url)
+    engine = make_engine(url)
+    _orders.create(engine, checkfirst=True)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM outbox_events"))
+        conn.execute(_orders.delete())
+    return engine
+
+
+def measure(database: str, transactions: int = 2000, url: str | None = None,
+            broker_url: str | None = None) -> EnqueueCost:
+    """Median order-transaction time with enqueue_purchase and with a raw INSERT."""
+    engine = _prepare(url or URLS[database])
+    settings = get_settings().with_overrides(database_url=str(engine.url), wakeup_enabled=True)
+    if broker_url:
+        settings = settings.with_overrides(broker_url=broker_url)
+    raw = sa.text(_RAW[database])
+    add_order = _orders.insert()
+    timings: dict[str, list[tuple[float, float, float]]] = {"enqueue": [], "raw": []}
+
+    def enqueue(session: Session, n: int) -> None:
+        enqueue_purchase(session, _event(f"E-{n}", n), settings=settings)
+
+    def raw_insert(session: Session, n: int) -> None:
+        event = _event(f"R-{n}", n)
+        session.execute(raw, {"event": "Purchase", "orderid": event["orderid"],
+                              "payload": json.dumps(event, separators=(",", ":"))})
+
+    kinds = (("enqueue", enqueue), ("raw", raw_insert))
+    for n in range(-200, transactions):  # the first 200 warm caches and pools up
+        for name, add_outbox_row in (kinds if n % 2 else kinds[::-1]):
+            started = time.perf_counter()
+            with Session(engine) as session:
+                session.execute(add_order, {"email": f"customer{n}@example.com"})
+                call_started = time.perf_counter()
+                add_outbox_row(session, n + 200)
+                commit_started = time.perf_counter()
+                session.commit()
+                ended = time.perf_counter()
+            if n >= 0:
+                timings[name].append((commit_started - call_started, ended - commit_started,
+                                      ended - started))
+    engine.dispose()
+    return EnqueueCost(database, transactions, _medians(timings["enqueue"]),
+                       _medians(timings["raw"]))
+
+
+def _medians(samples: list[tuple[float, float, float]]) -> Span:
+    call, commit, whole = (statistics.median(column) * 1000 for column in zip(*samples,
+                                                                               strict=True))
+    return Span(call, commit, whole)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    transactions = int(args[0]) if args else 2000
+    for database in URLS:
+        print(measure(database, transactions).line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
