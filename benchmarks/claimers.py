@@ -186,7 +186,8 @@ def run_purge(url: str) -> PurgeResult:
 
 class LockWatcher(threading.Thread):
     """Every 20 ms, the claim or mark statements of this database waiting on a lock, and
-    whether the purge (a DELETE, or its id pick) is among the sessions blocking them."""
+    whether the purge (its UPDATE emptying rows, a DELETE of attempts, or its id pick) is among
+    the sessions blocking them."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
@@ -199,6 +200,7 @@ class LockWatcher(threading.Thread):
         query = sa.text(
             "SELECT (SELECT count(*) FROM pg_stat_activity b WHERE b.pid = ANY "
             " (pg_blocking_pids(a.pid)) AND (b.query LIKE 'DELETE FROM%' "
+            "  OR b.query LIKE 'UPDATE outbox_events SET payload%' "
             "  OR b.query LIKE 'SELECT outbox_events.id%')) > 0 "
             "FROM pg_stat_activity a WHERE a.datname = current_database() "
             "AND a.pid <> pg_backend_pid() AND a.wait_event_type = 'Lock' "

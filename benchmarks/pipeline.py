@@ -2,7 +2,7 @@
 
 One run measures, against a fake Spotler API in its own process:
   1. drains, on PostgreSQL and on MariaDB, at batch 100 and at batch 1: pending rows committed
-     before the worker (prefork, 2 children, separate beat) is told they are due; events/s
+     before the worker (prefork, 2 children; its sweeper finds them) is told they are due; events/s
      from the first request to the last delivered_at, and CPU time per delivered event of each
      process tree (worker, database server work for this database, fake API) read from /proc,
      start-up excluded; beside it the database's own limit (claim + mark alone, 2 processes);
@@ -45,7 +45,6 @@ from benchmarks.procs import (
     fake_received,
     process_tree,
     py_spy,
-    start_beat,
     start_fake_api,
     start_worker,
     stop_all,
@@ -126,15 +125,14 @@ def wait_delivered(bench: Bench, worker: Managed, expected: int, conn: sa.Connec
 @contextmanager
 def running_worker(bench: Bench, api_url: str, batch: int, pool: str = "prefork",
                    concurrency: int | None = SLOTS) -> Iterator[Managed]:
-    """A worker and a separate beat, warmed up (every slot's connections open), on an empty
-    outbox."""
+    """A worker (its sweeper timer inside, as in production), warmed up (every slot's
+    connections open), on an empty outbox."""
     flush(bench.broker_url)
     db.wipe(bench.engine)
     bench.starts += 1
     env = bench.env(api_url, batch)
     name = f"worker{bench.starts}-{pool}-b{batch}"
     with ExitStack() as stack:
-        stack.callback(start_beat(env, bench.log_dir, f"beat{bench.starts}").stop)
         worker = start_worker(env, bench.log_dir, name, pool=pool, concurrency=concurrency)
         stack.callback(worker.stop)
         db.insert_pending(bench.engine, 50 * SLOTS * 2)
@@ -268,7 +266,7 @@ def table_rows() -> list[Row | str]:
     us, ms = "{:,.0f}", "{:,.1f}"
     rows: list[Row | str] = []
     for key, (label, _) in BACKENDS.items():
-        rows.append(f"{label}: drains of pending rows, prefork 2 children + beat")
+        rows.append(f"{label}: drains of pending rows, prefork 2 children")
         for b in (100, 1):
             p = f"{key}_b{b}_"
             rows += [Row(f"batch {b}: delivered events/s", p + "eps"),

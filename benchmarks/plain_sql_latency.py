@@ -34,7 +34,7 @@ from spotler_outbox.worker.fake_spotler.server import start_fake_api
 
 ACCOUNT, API_KEY = "bench-account", "bench-key"
 INSERT = ("INSERT INTO outbox_events (event, orderid, payload) VALUES ('Purchase', %s, %s) "
-          "ON CONFLICT (event, orderid) DO NOTHING")
+          "ON CONFLICT (account, event, orderid) DO NOTHING")
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -1,4 +1,4 @@
-"""The benchmarks' child processes (fake API, Celery worker, beat) and what /proc says of them.
+"""The benchmarks' child processes (fake API, Celery worker) and what /proc says of them.
 
 Every child runs in its own session, so Ctrl-C in the terminal reaches only the benchmark,
 which then stops each child itself: nothing is left running behind it.
@@ -130,13 +130,6 @@ def start_worker(env: dict[str, str], log_dir: Path, name: str, *, pool: str,
     _wait_until(proc, lambda: " ready." in proc.output() and len(tree(proc.pid)) > forked,
                 "' ready.' and its pool", 60)
     return proc
-
-
-def start_beat(env: dict[str, str], log_dir: Path, name: str) -> Managed:
-    # A separate beat, as in production: the worker's figures are then the worker's alone.
-    return Managed(name, [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "beat",
-                          "--loglevel=WARNING", f"--schedule={log_dir / (name + '.db')}"],
-                   env, log_dir)
 
 
 @contextlib.contextmanager

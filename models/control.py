@@ -118,3 +118,21 @@ def take_request_slot(conn: sa.Connection, *, account: str, now: dt.datetime,
         _ensure_row(conn, account, now)
         return None if conn.execute(_TAKE_SLOT, params).rowcount else now
     return free_at  # type: ignore[no-any-return]
+
+
+# The timers' turns are shared by every account: they live on the default account's row.
+DEFAULT_CONTROL = ""
+_TURNS = {"sweep": control.c.next_sweep_at, "retention": control.c.next_retention_at}
+
+
+def take_turn(conn: sa.Connection, job: str, *, now: dt.datetime, next_at: dt.datetime) -> bool:
+    """Whether this worker does `job` now: the one whose UPDATE moves the turn to `next_at`.
+
+    Every worker's timer asks; the row lock makes exactly one of them win until `next_at`.
+    """
+    column = _TURNS[job]
+    return conn.execute(
+        control.update().where(control.c.account == DEFAULT_CONTROL,
+                               sa.or_(column.is_(None), column <= now))
+        .values({column.name: next_at})
+    ).rowcount == 1

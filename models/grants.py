@@ -5,8 +5,9 @@ The migrations need DDL; nothing else does. Each role gets exactly the statement
 runs on the outbox tables and nothing on any other table:
 - producer (the order system): insert a row, and read it back (a duplicate orderid returns the
   existing row; PostgreSQL's RETURNING needs SELECT);
-- worker (Celery workers, beat and the metrics exporter): claim and settle rows, record
-  attempts, share the pause and rate-limit row, read the operator views;
+- worker (Celery workers and the metrics exporter): claim and settle rows, record attempts,
+  share the pause and rate-limit row and the timers' turns, read the operator views; run
+  retention (empty old rows, never delete one; delete the attempts left without rows);
 - operator (the `spotler-outbox` command): all of that plus import, retry, resend and purge.
 """
 
@@ -23,14 +24,15 @@ _READ_VIEWS = {view: ("SELECT",) for view in VIEWS}
 _ALL_DML = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
 # Table (or view) -> privileges. Read from the statements in models/ (claims, control,
-# enqueue, operations): a new statement on another table needs a line here, and the e2e
-# tests that run the workers under these roles fail until it has one.
+# enqueue, operations, retention, erasure): a new statement on another table needs a line
+# here, and the e2e tests that run the workers under these roles fail until it has one.
 PRIVILEGES: dict[str, dict[str, tuple[str, ...]]] = {
     "producer": {"outbox_events": ("SELECT", "INSERT")},
     "worker": {
         "outbox_events": ("SELECT", "UPDATE"),
-        "delivery_attempts": ("SELECT", "INSERT"),
-        "delivery_attempt_events": ("SELECT", "INSERT"),
+        # DELETE: retention drops the attempts of the rows it empties (models.retention).
+        "delivery_attempts": ("SELECT", "INSERT", "DELETE"),
+        "delivery_attempt_events": ("SELECT", "INSERT", "DELETE"),
         "dispatch_control": ("SELECT", "INSERT", "UPDATE"),
         **_READ_VIEWS,
     },

@@ -15,14 +15,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from spotler_outbox.models.clock import as_utc
+from spotler_outbox.models import retention
+from spotler_outbox.models.clock import as_utc, utc_now
 from spotler_outbox.models.control import Control, read_control, read_controls
 from spotler_outbox.models.errors import NotFound, OutboxError, UsageError
 from spotler_outbox.models.tables import Status, attempt_events, attempts_table, due, events
 
 PURCHASE = "Purchase"
 RATE_WINDOW = dt.timedelta(minutes=5)
-PURGE_BATCH = 1000
+PURGE_BATCH = retention.PURGE_BATCH
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class EventRow:
     created_at: dt.datetime
     updated_at: dt.datetime
     delivered_at: dt.datetime | None
+    purged_at: dt.datetime | None = None  # retention or an erasure emptied the payload
     account: str = ""
 
 
@@ -81,6 +83,7 @@ _ROW_COLUMNS = (
     events.c.id, events.c.orderid, events.c.payload, events.c.status, events.c.attempts,
     events.c.resends, events.c.next_attempt_at, events.c.lease_expires_at, events.c.last_error,
     events.c.last_http_status, events.c.created_at, events.c.updated_at, events.c.delivered_at,
+    events.c.purged_at,
     events.c.account,
 )
 
@@ -240,13 +243,22 @@ def _change_one(
     row = get_event(conn, orderid, account)
     account = row.account
     changed = conn.execute(
-        events.update().where(events.c.id == row.id, events.c.status == expected.value)
+        events.update().where(events.c.id == row.id, events.c.status == expected.value,
+                              events.c.purged_at.is_(None))
         .values(values)
     ).rowcount
     if not changed:
+        if _purged(conn, row.id):
+            raise OutboxError(f"order {orderid!r} was purged (retention or erasure): its "
+                              "payload is gone, so it cannot be sent again")
         current = get_event(conn, orderid, account).status
         raise OutboxError(f"order {orderid!r} is {current}, not {expected.value}; {hint}")
     return get_event(conn, orderid, account)
+
+
+def _purged(conn: sa.Connection, row_id: int) -> bool:
+    return conn.execute(sa.select(events.c.purged_at).where(events.c.id == row_id)
+                        ).scalar() is not None
 
 
 def retry_failed(conn: sa.Connection, orderid: str, *, now: dt.datetime,
@@ -260,7 +272,8 @@ def retry_failed(conn: sa.Connection, orderid: str, *, now: dt.datetime,
 def retry_all_failed(conn: sa.Connection, *, now: dt.datetime,
                      account: str | None = None) -> int:
     return int(conn.execute(
-        events.update().where(events.c.status == Status.FAILED.value, *_of_account(account))
+        events.update().where(events.c.status == Status.FAILED.value,
+                              events.c.purged_at.is_(None), *_of_account(account))
         .values(_requeue_values(now))
     ).rowcount)
 
@@ -276,68 +289,20 @@ def resend_delivered(
                        account)
 
 
-def delivered_ids_before(
-    conn: sa.Connection, before: dt.datetime, *, limit: int = PURGE_BATCH,
-    account: str | None = None,
-) -> list[int]:
-    return list(conn.execute(
-        sa.select(events.c.id).where(events.c.status == Status.DELIVERED.value,
-                                     events.c.delivered_at < before, *_of_account(account))
-        .order_by(events.c.id).limit(limit)
-    ).scalars())
-
-
 def purge_delivered(conn: sa.Connection, ids: Sequence[int], *, before: dt.datetime) -> int:
-    """Delete these rows and their attempt links, unless resent since they were picked."""
-    if not ids:
-        return 0
-    still = sa.and_(events.c.id.in_(list(ids)), events.c.status == Status.DELIVERED.value,
-                    events.c.delivered_at < before)
-    # MariaDB refuses LIMIT in an IN subquery, hence ids read first; the links are deleted
-    # explicitly rather than trusting ON DELETE CASCADE, which SQLite honours only by pragma.
-    conn.execute(attempt_events.delete().where(
-        attempt_events.c.outbox_event_id.in_(sa.select(events.c.id).where(still)
-                                             .scalar_subquery())))
-    return int(conn.execute(events.delete().where(still)).rowcount)
-
-
-def orphan_attempt_ids(conn: sa.Connection, *, limit: int = PURGE_BATCH) -> list[int]:
-    """Attempts none of whose events remain (an attempt and its links commit together)."""
-    linked = sa.select(attempt_events.c.attempt_id).where(
-        attempt_events.c.attempt_id == attempts_table.c.id)
-    return list(conn.execute(
-        sa.select(attempts_table.c.id).where(~linked.exists())
-        .order_by(attempts_table.c.id).limit(limit)
-    ).scalars())
-
-
-def delete_attempts(conn: sa.Connection, ids: Sequence[int]) -> int:
-    if not ids:
-        return 0
-    linked = sa.select(attempt_events.c.attempt_id).where(
-        attempt_events.c.attempt_id == attempts_table.c.id)
-    return int(conn.execute(attempts_table.delete().where(
-        attempts_table.c.id.in_(list(ids)), ~linked.exists())).rowcount)
+    """Compact these delivered rows (see models.retention): payload gone, orderid kept."""
+    return retention.compact_delivered(conn, ids, before=before, now=utc_now())
 
 
 def purge(engine: Engine, *, delivered_before: dt.datetime,
           batch: int = PURGE_BATCH, account: str | None = None) -> tuple[int, int]:
-    """Delete delivered rows older than the cutoff, then attempts left without rows.
+    """What retention does on its schedule, for one cutoff: compact delivered rows older than
+    it (their orderids keep deduplicating), then delete the attempts left without rows;
+    `account`: that account's rows only.
 
     Unlike the rest of this module it owns its transactions: one short one per batch, so the
-    claim never waits long behind a purge of millions. Returns (rows, attempts) deleted.
+    claim never waits long behind a purge of millions. Returns (rows, attempts).
     """
-    rows = attempts = 0
-    while True:
-        with engine.begin() as conn:
-            ids = delivered_ids_before(conn, delivered_before, limit=batch, account=account)
-            rows += purge_delivered(conn, ids, before=delivered_before)
-        if len(ids) < batch:
-            break
-    while True:
-        with engine.begin() as conn:
-            ids = orphan_attempt_ids(conn, limit=batch)
-            attempts += delete_attempts(conn, ids)
-        if len(ids) < batch:
-            break
-    return rows, attempts
+    count = retention.purge_delivered_before(engine, before=delivered_before, clock=utc_now,
+                                             batch=batch, account=account)
+    return count.rows, count.attempts

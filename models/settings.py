@@ -65,6 +65,7 @@ class Settings:
     dispatch_time_budget: float = field(
         default=5.0, metadata={"env": "OUTBOX_DISPATCH_TIME_BUDGET_SECONDS"}
     )
+    retention_days: int = field(default=30, metadata={"env": "OUTBOX_RETENTION_DAYS"})
     wakeup_enabled: bool = field(default=True, metadata={"env": "OUTBOX_WAKEUP"})
     log_format: str = field(default="text", metadata={"env": "OUTBOX_LOG_FORMAT"})
 
@@ -82,6 +83,15 @@ class Settings:
                 "OUTBOX_LEASE_SECONDS: must exceed SPOTLER_CONNECT_TIMEOUT + "
                 f"SPOTLER_READ_TIMEOUT ({self.connect_timeout + self.read_timeout:g}s), "
                 f"got {self.lease_seconds:g}"
+            )
+        if self.sweep_interval <= 0:
+            raise ConfigurationError(
+                f"OUTBOX_SWEEP_INTERVAL_SECONDS: must be more than 0, got {self.sweep_interval:g}"
+            )
+        if self.retention_days < 0:
+            raise ConfigurationError(
+                f"OUTBOX_RETENTION_DAYS: must be 0 (keep everything) or more, "
+                f"got {self.retention_days}"
             )
         if self.max_requests_per_second < 0:
             raise ConfigurationError(

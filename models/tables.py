@@ -22,6 +22,7 @@ class Status(enum.StrEnum):
 
 
 DUE_STATUSES = (Status.PENDING.value, Status.IN_FLIGHT.value)
+UNPURGED = "delivered_at IS NOT NULL AND purged_at IS NULL"
 
 
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
@@ -115,6 +116,9 @@ class OutboxEvent(Base):
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # Set when an operator re-queues the row (retry, resend): the retry window starts again.
     requeued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Set when retention or an erasure emptied the payload: the row stays as the compact
+    # record (event, orderid, delivered_at) that keeps a re-enqueue of the orderid a no-op.
+    purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     attempts_made: Mapped[list[AttemptEvent]] = relationship(
         back_populates="outbox_event", viewonly=True
@@ -140,6 +144,15 @@ class OutboxEvent(Base):
             sqlite_where=sa.text("status IN ('pending', 'in_flight')"),
         ),
         sa.Index("ix_outbox_events_delivered_at", "delivered_at"),
+        # Retention's keyset walks delivered_at over rows not yet purged; partial where the
+        # dialect has it, so the compact rows left behind cost each run nothing.
+        sa.Index(
+            "ix_outbox_events_unpurged",
+            "delivered_at",
+            "purged_at",
+            postgresql_where=sa.text(UNPURGED),
+            sqlite_where=sa.text(UNPURGED),
+        ),
     )
 
 
@@ -192,6 +205,9 @@ class DispatchControl(Base):
     next_auth_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     not_before: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     next_request_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Turns of the workers' timers: the worker whose UPDATE moves one forward does that job.
+    next_sweep_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    next_retention_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=utc_now())
 
 

@@ -82,9 +82,8 @@ def wipe(engine: Engine) -> None:
             if table.name == "dispatch_control":
                 # The default account's row stays, as the migration made it; others go.
                 conn.execute(table.delete().where(table.c.account != ""))
-                conn.execute(table.update().values(paused_reason=None, paused_since=None,
-                                                   next_auth_check_at=None, not_before=None,
-                                                   next_request_at=None))
+                conn.execute(table.update().values(
+                    {c.name: None for c in table.columns if c.nullable}))
             else:
                 conn.execute(table.delete())
 

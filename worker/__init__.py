@@ -1,4 +1,4 @@
-"""The worker side: `celery -A spotler_outbox.worker worker|beat|flower` finds the app in
+"""The worker side: `celery -A spotler_outbox.worker worker|flower` finds the app in
 worker.celery.
 
 What runs in production: celery (the app and its settings), tasks (thin Celery tasks),

@@ -1,4 +1,4 @@
-"""The Celery application: `celery -A spotler_outbox.worker worker|beat|flower` finds `app` here.
+"""The Celery application: `celery -A spotler_outbox.worker worker|flower` finds `app` here.
 
 Configuration is read from the settings only when Celery first needs it, never at import.
 """
@@ -10,6 +10,7 @@ from typing import Any
 from celery import Celery
 
 from spotler_outbox.worker.listen import ListenStep
+from spotler_outbox.worker.sweeper import Sweeper
 
 app = Celery("spotler_outbox", include=["spotler_outbox.worker.tasks"])
 
@@ -56,15 +57,6 @@ def celery_config() -> dict[str, Any]:
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        "beat_schedule": {
-            "sweep": {
-                "task": "spotler_outbox.sweep",
-                "schedule": settings.sweep_interval,
-                # A sweep that waited longer than its interval is superseded by the next one.
-                "options": {"expires": max(settings.sweep_interval, 1.0)},
-            },
-        },
-        "beat_max_loop_interval": max(1.0, settings.sweep_interval),
         "timezone": "UTC",
     }
 
@@ -80,3 +72,5 @@ def _transport_options(broker_url: str, lease: float) -> dict[str, Any]:
 
 app.config_from_object(_LazyConfig())
 app.steps["worker"].add(ListenStep)
+# The safety-net sweep and retention run as timers inside every worker, not as beat tasks.
+app.steps["worker"].add(Sweeper)

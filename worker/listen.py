@@ -4,7 +4,7 @@ Migration 0004 makes every insert into outbox_events notify the channel below wh
 transaction commits: also rows inserted by PHP or psql, which send no broker message. A thread
 in each worker LISTENs and turns notifications into wake-ups through the same coalescing waker
 as a Python enqueue (a burst of commits becomes one broker message). A lost connection is
-retried with backoff; meanwhile, and on MariaDB and SQLite, the beat sweeper bounds the wait.
+retried with backoff; meanwhile, and on MariaDB and SQLite, the workers' sweeper bounds the wait.
 """
 
 from __future__ import annotations

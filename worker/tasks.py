@@ -130,25 +130,3 @@ def dispatch() -> dict[str, Any]:
         # More may be due: hand over to a fresh task instead of holding this slot forever.
         dispatch.apply_async(expires=WAKEUP_EXPIRES_SECONDS)
     return report.as_result()
-
-
-@app.task(name="spotler_outbox.sweep", throws=(DatabaseUnavailable,))
-def sweep() -> dict[str, Any]:
-    """Every few seconds: re-check paused accounts' credentials and wake dispatch for any due
-    row of an account that may send.
-
-    This alone guarantees progress when wake-up messages are lost (broker flushed, enqueue by
-    plain SQL, worker killed).
-    """
-    dispatcher = get_dispatcher()
-    try:
-        # A paused account stops only itself: the others' due rows still wake dispatch.
-        paused = dispatcher.recheck_credentials() is not True
-        due = dispatcher.has_due_rows()
-    except OperationalError as e:
-        log.error("sweep skipped: database unavailable (%s)", type(e.orig).__name__)
-        raise _unavailable("sweep skipped", e) from None
-    woken = dispatcher.settings.sweep_fanout if due else 0
-    for _ in range(woken):
-        dispatch.apply_async(expires=WAKEUP_EXPIRES_SECONDS)
-    return {"paused": paused, "woken": woken}

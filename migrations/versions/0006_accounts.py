@@ -1,7 +1,7 @@
 """Several Spotler accounts in one outbox: an account per row, a control row per account.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-11-27
 
 Existing rows get the account '' : the default account, resolved to SPOTLER_ACCOUNT when a
@@ -24,12 +24,14 @@ from alembic import op
 from spotler_outbox.models.tables import UTCDateTime, key_text, utc_now
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
 DUE = "status IN ('pending', 'in_flight')"
-_STATE = ("paused_reason", "paused_since", "next_auth_check_at", "not_before", "updated_at")
+UNPURGED = "delivered_at IS NOT NULL AND purged_at IS NULL"  # 0005's partial index
+_STATE = ("paused_reason", "paused_since", "next_auth_check_at", "not_before", "next_sweep_at",
+          "next_retention_at", "updated_at")
 
 # One row per (account, status), also for a status without rows: every account with rows,
 # and every account with a control row ('' always has one).
@@ -92,6 +94,9 @@ def _control_table(key: sa.Column[Any]) -> list[sa.Column[Any]]:
         sa.Column("next_auth_check_at", UTCDateTime, nullable=True),
         sa.Column("not_before", UTCDateTime, nullable=True),
         *(budget if key.name == "account" else []),
+        # 0005's turns of the workers' timers, kept on the default account's row.
+        sa.Column("next_sweep_at", UTCDateTime, nullable=True),
+        sa.Column("next_retention_at", UTCDateTime, nullable=True),
         sa.Column("updated_at", UTCDateTime, nullable=False, server_default=utc_now()),
     ]
 
@@ -115,6 +120,7 @@ def _rebuild_control(key: sa.Column[Any], key_value: object, old_key: str,
 def upgrade() -> None:
     _drop_views()
     op.drop_index("ix_outbox_events_due", table_name="outbox_events")
+    op.drop_index("ix_outbox_events_unpurged", table_name="outbox_events")
     with op.batch_alter_table("outbox_events") as batch:
         batch.add_column(sa.Column("account", key_text(64), nullable=False, server_default=""))
         batch.drop_constraint("uq_outbox_events_event_orderid", type_="unique")
@@ -124,6 +130,8 @@ def upgrade() -> None:
         "ix_outbox_events_due", "outbox_events", ["status", "account", "next_attempt_at"],
         postgresql_where=sa.text(DUE), sqlite_where=sa.text(DUE),
     )
+    op.create_index("ix_outbox_events_unpurged", "outbox_events", ["delivered_at", "purged_at"],
+                    postgresql_where=sa.text(UNPURGED), sqlite_where=sa.text(UNPURGED))
     _rebuild_control(sa.Column("account", key_text(64), primary_key=True), "", "id", 1)
     _create_views(VIEWS)
 
@@ -137,6 +145,7 @@ def downgrade() -> None:
                            "other than the default one, and their orderids could collide")
     _drop_views()
     op.drop_index("ix_outbox_events_due", table_name="outbox_events")
+    op.drop_index("ix_outbox_events_unpurged", table_name="outbox_events")
     with op.batch_alter_table("outbox_events") as batch:
         batch.drop_constraint("uq_outbox_events_account_event_orderid", type_="unique")
         batch.create_unique_constraint("uq_outbox_events_event_orderid", ["event", "orderid"])
@@ -145,6 +154,8 @@ def downgrade() -> None:
         "ix_outbox_events_due", "outbox_events", ["status", "next_attempt_at"],
         postgresql_where=sa.text(DUE), sqlite_where=sa.text(DUE),
     )
+    op.create_index("ix_outbox_events_unpurged", "outbox_events", ["delivered_at", "purged_at"],
+                    postgresql_where=sa.text(UNPURGED), sqlite_where=sa.text(UNPURGED))
     _rebuild_control(sa.Column("id", sa.Integer, primary_key=True, autoincrement=False), 1,
                      "account", "")
     _create_views(VIEWS_0003)

@@ -86,7 +86,10 @@ def test_list_status_retry_and_purge_keep_to_the_account_given(
     assert run(capsys, "retry", "F-1", "--account", "shop-be")[0] == 0
     assert run(capsys, "purge", "--delivered-before", "30d", "--account", "shop-be")[0] == 0
     assert state(engine) == {("", "F-1", "failed"), ("", "D-1", "delivered"),
-                             ("shop-be", "F-1", "pending")}
+                             ("shop-be", "F-1", "pending"), ("shop-be", "D-1", "delivered")}
+    with engine.connect() as conn:  # purge compacts (retention): only shop-be's row
+        purged = conn.execute(sa.select(events.c.account).where(events.c.purged_at.is_not(None)))
+        assert [r.account for r in purged] == ["shop-be"]
     assert run(capsys, "retry", "--all-failed", "--yes", "--account", DEFAULT)[0] == 0
     assert ("", "F-1", "pending") in state(engine)
 

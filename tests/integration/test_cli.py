@@ -214,7 +214,7 @@ def test_resend_records_an_operator_resend_of_a_delivered_order(
     assert code == 1 and "is pending, not delivered" in err
 
 
-def test_purge_deletes_only_old_delivered_rows_and_the_attempts_left_without_rows(
+def test_purge_empties_only_old_delivered_rows_keeps_their_orderids_and_drops_lone_attempts(
     cli_env: str, engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     old = now() - dt.timedelta(days=40)
@@ -234,10 +234,13 @@ def test_purge_deletes_only_old_delivered_rows_and_the_attempts_left_without_row
     assert code == 0
     assert out.startswith("purged 2 orders delivered before") and "and 1 delivery" in out
     with engine.connect() as conn:
-        left = set(conn.execute(sa.select(events.c.orderid)).scalars())
+        payloads = dict(conn.execute(sa.select(events.c.orderid, events.c.payload)).all())
         attempts = set(conn.execute(sa.select(tables.attempts_table.c.id)).scalars())
-    assert left == {"NEW-1", "OLD-FAILED"}
+    assert set(payloads) == {"OLD-1", "OLD-2", "NEW-1", "OLD-FAILED"}
+    assert payloads["OLD-1"] == payloads["OLD-2"] == ""
+    assert "jane.doe@example.com" in payloads["NEW-1"] and payloads["OLD-FAILED"]
     assert attempts == {mixed} and only_old not in attempts
+    assert row(engine, "OLD-1").delivered_at == old and row(engine, "OLD-1").purged_at
 
 
 def test_import_of_json_lines_reports_refused_lines_and_is_idempotent(

@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import redis
 import requests
 
 from spotler_outbox.worker.fake_spotler.server import RunningFakeApi
-from tests.integration.workers import running_worker, wait_for, worker_environment
+from tests.integration.workers import running_worker, worker_environment
 from tests.services import free_port, wait_port
 from tests.unit.test_compose import SERVICES, command
 
@@ -44,28 +42,6 @@ def test_the_worker_healthcheck_passes_while_the_worker_answers_and_fails_once_i
     check = healthcheck("worker") + command(SERVICES["worker"])
     with running_worker("celery", env, tmp_path, beat=False):  # celery@%h, as compose runs it
         assert healthy(check, env)
-    assert not healthy(check, env)
-
-
-def test_the_beat_healthcheck_passes_while_beat_saves_its_schedule_and_fails_when_it_stops(
-    postgres_url: str, api: RunningFakeApi, broker: redis.Redis, tmp_path: Path,
-) -> None:
-    env = worker_environment(postgres_url, api.url)
-    schedule = str(tmp_path / "celerybeat-schedule")
-    argv = [sys.executable, "-m", *(p.replace("/tmp/celerybeat-schedule", schedule)
-                                     for p in command(SERVICES["beat"]))]
-    check = healthcheck("beat", **{"/tmp/celerybeat-schedule": schedule})
-    assert not healthy(check, env)  # no schedule file yet
-    beat = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: list(tmp_path.glob("celerybeat-schedule*")), 20, "beat's schedule")
-        assert healthy(check, env)
-    finally:
-        beat.terminate()
-        beat.wait(10)
-    stale = time.time() - 400  # a beat that stopped saving minutes ago
-    for path in tmp_path.glob("celerybeat-schedule*"):
-        os.utime(path, (stale, stale))
     assert not healthy(check, env)
 
 

@@ -217,24 +217,3 @@ def test_a_committed_enqueue_wakes_a_worker_without_waiting_for_the_sweeper(
         enqueue_orders(engine, producer_settings(server_database_url), ["U-1"])
         wait_for(lambda: all_settled(engine, 1), 10, "delivery woken by the commit")
         assert time.monotonic() - started < 5
-
-
-def test_beat_runs_as_its_own_process_and_its_sweeps_deliver(
-    engine: Engine, env: dict[str, str], api: RunningFakeApi, server_database_url: str,
-    tmp_path: Path,
-) -> None:
-    import subprocess
-    import sys
-
-    insert_raw(engine, "V-1", json.dumps(purchase("V-1")))
-    beat = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "beat", "--loglevel=INFO",
-         f"--schedule={tmp_path / 'beat-schedule'}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with running_worker("w1", env, tmp_path, beat=False):
-            wait_for(lambda: all_settled(engine, 1), 20, "a sweep from the beat process")
-    finally:
-        beat.terminate()
-        beat.wait(10)
-    assert api.state.received()["orderids"] == {"V-1": 1}

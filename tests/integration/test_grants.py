@@ -103,10 +103,13 @@ def test_the_operator_user_can_run_the_operators_commands(
     orders = tmp_path / "orders.jsonl"
     orders.write_text(json.dumps(purchase("OP-2")) + "\n")
     for argv in (["status"], ["list"], ["show", "OP-1"], ["retry", "OP-1"], ["import", str(orders)],
-                 ["purge", "--delivered-before", "1d"]):
+                 ["import", "--dry-run", str(orders)], ["purge", "--delivered-before", "1d"],
+                 ["forget", "--email", "jane.doe@example.com", "--yes"]):
         reset_settings()
         assert main(argv) == 0, argv
-    assert set(statuses(owner)) == {"OP-1", "OP-2"}  # OP-3 purged
+    assert set(statuses(owner)) == {"OP-1", "OP-2", "OP-3"}  # OP-3 purged: emptied, kept
+    with owner.connect() as conn:
+        assert set(conn.execute(sa.text("SELECT payload FROM outbox_events")).scalars()) == {""}
     owner.dispose()
 
 

@@ -106,7 +106,7 @@ class WorkerProcess:
 
 
 @contextmanager
-def running_worker(name: str, env: dict[str, str], log_dir: Path, *, beat: bool = True,
+def running_worker(name: str, env: dict[str, str], log_dir: Path, *, beat: bool = False,
                    concurrency: int = 2, pool: str = "prefork") -> Iterator[WorkerProcess]:
     worker = WorkerProcess(name, env, log_dir, beat=beat, concurrency=concurrency, pool=pool)
     try:

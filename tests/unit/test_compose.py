@@ -109,10 +109,14 @@ def test_every_service_of_the_image_reaches_the_host_as_host_docker_internal() -
         assert "host.docker.internal:host-gateway" in service.get("extra_hosts", []), name
 
 
-@pytest.mark.parametrize("name", ["worker", "beat", "flower"])
-def test_the_worker_beat_and_flower_have_healthchecks(name: str) -> None:
+@pytest.mark.parametrize("name", ["worker", "flower"])
+def test_the_worker_and_flower_have_healthchecks(name: str) -> None:
     check = SERVICES[name]["healthcheck"]
     assert check["test"][0] in ("CMD", "CMD-SHELL") and check["interval"]
+
+
+def test_no_beat_runs_the_sweeper_is_inside_the_worker() -> None:
+    assert not [name for name, s in ours().items() if command(s)[3:4] == ["beat"]]
 
 
 def test_no_command_line_carries_a_credential() -> None:

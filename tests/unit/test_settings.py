@@ -42,6 +42,9 @@ def test_settings_are_read_from_the_environment_on_first_use(
     ("SPOTLER_BATCH_SIZE", "0", "SPOTLER_BATCH_SIZE: must be between 1 and 1000"),
     ("SPOTLER_MULTI_CURRENCY", "maybe", "SPOTLER_MULTI_CURRENCY: expected true or false"),
     ("OUTBOX_LEASE_SECONDS", "10", "OUTBOX_LEASE_SECONDS: must exceed"),
+    ("OUTBOX_RETENTION_DAYS", "-1", "OUTBOX_RETENTION_DAYS: must be 0"),
+    ("OUTBOX_RETENTION_DAYS", "30d", "OUTBOX_RETENTION_DAYS: expected a number"),
+    ("OUTBOX_SWEEP_INTERVAL_SECONDS", "0", "OUTBOX_SWEEP_INTERVAL_SECONDS: must be more than 0"),
 ])
 def test_a_malformed_setting_is_refused_naming_the_variable(
     name: str, value: str, message: str

@@ -25,6 +25,7 @@ from spotler_outbox.models.tables import Status
 from spotler_outbox.models.version import installed_version
 from spotler_outbox.worker.console import exporter, importer
 from spotler_outbox.worker.console.check import cmd_check
+from spotler_outbox.worker.console.forget import cmd_forget
 from spotler_outbox.worker.console.format import parse_duration, positive_int
 from spotler_outbox.worker.console.outbox_commands import (
     cmd_list,
@@ -54,9 +55,16 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     with outbox(settings) as engine:
-        report = importer.import_file(engine, Path(args.file), settings)
-    print(f"enqueued {report.enqueued}, already present {report.duplicates}, "
-          f"refused {len(report.refused)}")
+        if args.dry_run:
+            report = importer.preview_file(engine, Path(args.file), settings)
+        else:
+            report = importer.import_file(engine, Path(args.file), settings)
+    if args.dry_run:
+        print(f"dry run, nothing written: would enqueue {report.enqueued}, already present "
+              f"{report.duplicates}, would refuse {len(report.refused)}")
+    else:
+        print(f"enqueued {report.enqueued}, already present {report.duplicates}, "
+              f"refused {len(report.refused)}")
     for line in importer.refused_lines(report):
         print("  " + line)
     return PROBLEMS if report.refused else OK
@@ -162,9 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delivered-before", required=True, metavar="AGE_OR_DATE",
                    help="a duration such as 30d, or an ISO date/datetime (UTC unless given)")
     _account_option(p)
+    p = command("forget", cmd_forget, "erase one person's e-mail address (or its SHA-256) "
+                "and the payloads of their orders from the outbox (GDPR erasure)")
+    p.add_argument("--email", required=True, metavar="ADDRESS",
+                   help="the address, or the SHA-256 of the lower-cased address")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p = command("import", cmd_import, "enqueue Purchase events from a JSON Lines or CSV file",
                 epilog=importer.CSV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="FILE")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and report what would be enqueued or refused; write nothing")
     p = command("check", cmd_check, "verify the Spotler credentials, optionally send a test")
     p.add_argument("--send-test-purchase", action="store_true")
     p.add_argument("--email", help="the test profile's e-mail address")

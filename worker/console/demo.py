@@ -1,7 +1,7 @@
 """`spotler-outbox demo`: the whole pipeline on one machine, with no server to install.
 
 A SQLite outbox, a Celery broker in SQLite (kombu's SQLAlchemy transport), the fake Spotler
-API in this process and a real Celery worker with embedded beat in a child process: sample
+API in this process and a real Celery worker (its sweeper timer inside) in a child process: sample
 orders go in through `enqueue_purchase`, and the fake API's record shows they each arrived once.
 Then the operator's loop: one order Spotler refuses is parked with its reason, `show` tells
 why, and after the fix `retry` delivers it.
@@ -116,8 +116,7 @@ def worker_environment(settings: Settings) -> dict[str, str]:
 @contextmanager
 def running_worker(settings: Settings, paths: DemoPaths) -> Iterator[subprocess.Popen[bytes]]:
     command = [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "worker",
-               "--pool", "solo", "--beat", "--schedule", str(paths.directory / "beat-schedule"),
-               "--loglevel", "INFO", "--hostname", "demo@%h", "--without-gossip",
+               "--pool", "solo", "--loglevel", "INFO", "--hostname", "demo@%h", "--without-gossip",
                "--without-mingle", "--without-heartbeat"]
     with paths.log.open("wb") as log:
         # A session of its own: a Ctrl-C meant for the demo must not reach the worker mid-batch;
@@ -140,7 +139,7 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
     try:
         process.wait(STOP_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
-        # Its own process group holds only the worker and its beat child.
+        # Its own process group holds only the worker.
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
@@ -275,7 +274,7 @@ def run_demo(*, orders: int = 500, directory: Path = Path("demo-run"),
         try:
             with running_worker(settings, paths) as process:
                 ready = wait_until_ready(process, paths.log)
-                print(f"  Celery worker:     pid {process.pid}, solo pool with beat, up in "
+                print(f"  Celery worker:     pid {process.pid}, solo pool, up in "
                       f"{ready:.1f} s, log in {paths.log}")
                 records = sample_orders(orders)
                 started = time.monotonic()

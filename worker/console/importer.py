@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from spotler_outbox.models.enqueue import enqueue_purchase
 from spotler_outbox.models.errors import ConfigurationError, InvalidEvent
 from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.tables import events
+from spotler_outbox.models.validation import validate_purchase
 from spotler_outbox.worker.logs import mask_emails
 
 CSV_HELP = """\
@@ -39,6 +42,7 @@ PRODUCT_COLUMNS = {"product_id": "id", "quantity": "quantity", "price": "price",
                    "product_name": "name", "language": "language",
                    "category_ids": "category_ids"}
 BATCH_SIZE = 100  # rows per transaction: refusals never touch the database, so none aborts one
+PREVIEW_CHUNK = 500  # orderids per lookup of a dry run
 
 
 @dataclass
@@ -243,6 +247,44 @@ def import_file(
         return enqueue_records(engine, records, settings, bar.update)
     finally:
         bar.close()
+
+
+def preview_records(engine: Engine, records: Sequence[Record], settings: Settings) -> ImportReport:
+    """What `enqueue_records` would do, writing nothing: each record validated as enqueue
+    would, and each valid one counted as new or already present (in the outbox, or earlier in
+    the file), read from the outbox in one query per PREVIEW_CHUNK orders."""
+    report = ImportReport()
+    valid: list[tuple[str, str]] = []
+    for record in records:
+        if record.event is None or record.problems:
+            report.refused.append(record)
+            continue
+        try:
+            payload = validate_purchase(record.event, settings)
+        except InvalidEvent as e:
+            record.problems.extend(e.problems)
+            report.refused.append(record)
+            continue
+        valid.append((payload["event"], payload["orderid"]))
+    present: set[tuple[str, str]] = set()
+    with engine.connect() as conn:
+        for start in range(0, len(valid), PREVIEW_CHUNK):
+            chunk = valid[start:start + PREVIEW_CHUNK]
+            present.update((r.event, r.orderid) for r in conn.execute(
+                sa.select(events.c.event, events.c.orderid).where(
+                    events.c.orderid.in_({orderid for _, orderid in chunk}))))
+        conn.rollback()
+    for key in valid:
+        if key in present:
+            report.duplicates += 1
+        else:
+            report.enqueued += 1
+            present.add(key)
+    return report
+
+
+def preview_file(engine: Engine, path: Path, settings: Settings) -> ImportReport:
+    return preview_records(engine, read_records(path), settings)
 
 
 # Also what mask_emails lets through: a refused address is often not a valid one.

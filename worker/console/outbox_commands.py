@@ -143,6 +143,9 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     ):
         print(f"  {label:<13} {value}")
     print("Payload:")
+    if row.purged_at is not None:
+        payload = (f"(emptied {stamp(row.purged_at)} by retention or an erasure; the orderid "
+                   "is kept so that enqueueing it again sends nothing)")
     print(mask_emails(payload))
     print(f"Attempts ({len(attempts)}):")
     if attempts:
@@ -203,7 +206,8 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
         purged, attempts = ops.purge(engine, delivered_before=before,
                                      account=chosen_account(args, settings))
     print(f"purged {purged} orders delivered before {stamp(before)} and {attempts} delivery "
-          "attempts no order refers to any more")
+          "attempts no order refers to any more; each purged order keeps its orderid and "
+          "delivery time, so enqueueing it again sends nothing")
     return OK
 
 
