@@ -43,7 +43,8 @@ _orders = sa.Table("bench_enqueue_orders", sa.MetaData(),
                    sa.Column("email", sa.String(200), nullable=False))
 _RAW = {
     "postgresql": "INSERT INTO outbox_events (event, orderid, payload) "
-                  "VALUES (:event, :orderid, :payload) ON CONFLICT (event, orderid) DO NOTHING",
+                  "VALUES (:event, :orderid, :payload) "
+                  "ON CONFLICT (account, event, orderid) DO NOTHING",
     "mariadb": "INSERT IGNORE INTO outbox_events (event, orderid, payload) "
                "VALUES (:event, :orderid, :payload)",
 }

@@ -3,9 +3,9 @@
 What a PHP or psql order system sees: it sends no wake-up message, so without migration 0004's
 trigger and the workers' LISTEN its row would wait for the next sweep. The sweep interval is
 set to 60 s here, so a row delivered in milliseconds can only have been woken by the
-notification. Single rows, one per transaction, a pause apart, into an idle worker (with
-beat embedded) and the fake Spotler API on loopback; commit time is taken when COMMIT returns,
-delivered time is the row's delivered_at (the worker's clock: the same machine).
+notification. Single rows, one per transaction, a pause apart, into an idle worker (its
+sweeper and LISTEN inside) and the fake Spotler API on loopback; commit time is taken when
+COMMIT returns, delivered time is the row's delivered_at (the worker's clock: the same machine).
 
     .venv/bin/python -m benchmarks.plain_sql_latency [--orders 50] [--pause-ms 200]
 """
@@ -34,7 +34,7 @@ from spotler_outbox.worker.fake_spotler.server import start_fake_api
 
 ACCOUNT, API_KEY = "bench-account", "bench-key"
 INSERT = ("INSERT INTO outbox_events (event, orderid, payload) VALUES ('Purchase', %s, %s) "
-          "ON CONFLICT (event, orderid) DO NOTHING")
+          "ON CONFLICT (account, event, orderid) DO NOTHING")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -71,7 +71,7 @@ def prepare_database(url: str) -> None:
 def start_worker(env: dict[str, str], pool: str, log: Path) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "worker",
                "--loglevel=INFO", f"--pool={pool}", "--concurrency=2", "--without-mingle",
-               "--without-gossip", "--beat", f"--schedule={log.parent / 'beat-schedule'}"]
+               "--without-gossip"]
     worker = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                               cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 60

@@ -59,27 +59,30 @@ _UNCLAIMED = {"claim_token": None, "lease_expires_at": None}
 
 
 def claim_due(
-    conn: sa.Connection, *, limit: int, token: str, now: dt.datetime, lease_until: dt.datetime
+    conn: sa.Connection, *, limit: int, token: str, now: dt.datetime, lease_until: dt.datetime,
+    account: str = "",
 ) -> list[ClaimedRow]:
-    """Claim up to `limit` due rows: in flight with an expired lease first, then pending.
+    """Claim up to `limit` due rows of one account: in flight with an expired lease first,
+    then pending. A batch never mixes accounts: each request carries one account's key.
 
-    One status per statement, so each reads the (status, next_attempt_at) index in order and
-    stops at `limit`: with `status IN (...)` every dialect sorts the whole due set, and InnoDB
-    would lock all of it, leaving concurrent claimers nothing.
+    One status per statement, so each reads the (status, account, next_attempt_at) index in
+    order and stops at `limit`: with `status IN (...)` every dialect sorts the whole due set,
+    and InnoDB would lock all of it, leaving concurrent claimers nothing.
     """
     claimed: list[ClaimedRow] = []
     for status in (Status.IN_FLIGHT.value, Status.PENDING.value):
-        claimed += _claim(conn, status, limit - len(claimed), token, now, lease_until)
+        claimed += _claim(conn, status, account, limit - len(claimed), token, now,
+                          lease_until)
         if len(claimed) >= limit:
             break
     return claimed
 
 
 def _claim(
-    conn: sa.Connection, status: str, limit: int, token: str, now: dt.datetime,
+    conn: sa.Connection, status: str, account: str, limit: int, token: str, now: dt.datetime,
     lease_until: dt.datetime,
 ) -> list[ClaimedRow]:
-    params = {"from_status": status, "n": limit, "token": token, "now": now,
+    params = {"from_status": status, "of_account": account, "n": limit, "token": token, "now": now,
               "until": lease_until}
     if conn.dialect.name in ("mysql", "mariadb"):
         # MariaDB has no UPDATE ... RETURNING: lock the rows, then update them by id.
@@ -113,6 +116,7 @@ def _pick(*columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
     return (
         sa.select(*columns)
         .where(events.c.status == sa.bindparam("from_status"),
+               events.c.account == sa.bindparam("of_account"),
                events.c.next_attempt_at <= sa.bindparam("now"))
         .order_by(events.c.next_attempt_at)
         .limit(sa.bindparam("n"))
@@ -246,5 +250,12 @@ def record_attempt(
     return int(attempt_id)
 
 
-def any_due(conn: sa.Connection, now: dt.datetime) -> bool:
-    return conn.execute(sa.select(events.c.id).where(due(now)).limit(1)).first() is not None
+def any_due(conn: sa.Connection, now: dt.datetime,
+            accounts: Sequence[str] | None = None) -> bool:
+    """Whether any row is due; of `accounts` only, when given (those that may send now)."""
+    where = [due(now)]
+    if accounts is not None:
+        if not accounts:
+            return False
+        where.append(events.c.account.in_(list(accounts)))
+    return conn.execute(sa.select(events.c.id).where(*where).limit(1)).first() is not None

@@ -1,7 +1,8 @@
-"""The dispatch control row shared by every worker: a credentials pause and a 429's hold.
+"""The dispatch control rows shared by every worker, one per account: a credentials pause, a
+429's hold, and the next free slot of the account's request budget.
 
 Like models.claims, every function takes a Connection in a transaction the caller owns, and
-`now` from the caller.
+`now` from the caller. `account` is the value the outbox rows store ('' is the default).
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ import datetime as dt
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from spotler_outbox.models.tables import Status, control, events
-
-CONTROL_ID = 1
 
 
 @dataclass(frozen=True)
@@ -31,46 +31,97 @@ class Control:
         return self.not_before is not None and self.not_before > now
 
 
-_READ_CONTROL = sa.select(control).where(control.c.id == CONTROL_ID)
+NO_CONTROL = Control(None, None, None, None)
 
 
-def read_control(conn: sa.Connection) -> Control:
-    row = conn.execute(_READ_CONTROL).first()
-    if row is None:
-        return Control(None, None, None, None)
+def _control(row: sa.Row[tuple[object, ...]]) -> Control:
     return Control(row.paused_reason, row.paused_since, row.next_auth_check_at, row.not_before)
 
 
-def _write_control(conn: sa.Connection, now: dt.datetime, **values: object) -> None:
-    updated = conn.execute(control.update().where(control.c.id == CONTROL_ID)
-                           .values(updated_at=now, **values)).rowcount
-    if not updated:
-        conn.execute(control.insert().values(id=CONTROL_ID, updated_at=now, **values))
+def read_control(conn: sa.Connection, account: str = "") -> Control:
+    row = conn.execute(sa.select(control).where(control.c.account == account)).first()
+    return NO_CONTROL if row is None else _control(row)
 
 
-def pause(conn: sa.Connection, *, reason: str, now: dt.datetime, check_at: dt.datetime) -> None:
-    current = read_control(conn)
-    _write_control(conn, now, paused_reason=reason, next_auth_check_at=check_at,
+def read_controls(conn: sa.Connection) -> dict[str, Control]:
+    """Every account's control row, in one statement: what a worker reads before a claim."""
+    return {row.account: _control(row) for row in conn.execute(sa.select(control))}
+
+
+def _ensure_row(conn: sa.Connection, account: str, now: dt.datetime) -> None:
+    """Add the account's row unless a concurrent worker just did: never an IntegrityError."""
+    values = {"account": account, "updated_at": now}
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        conn.execute(postgresql.insert(control).values(values).on_conflict_do_nothing())
+    elif dialect == "sqlite":
+        conn.execute(sqlite.insert(control).values(values).on_conflict_do_nothing())
+    else:
+        conn.execute(mysql.insert(control).values(values).prefix_with("IGNORE"))
+
+
+def _write_control(conn: sa.Connection, now: dt.datetime, account: str,
+                   **values: object) -> None:
+    update = control.update().where(control.c.account == account).values(updated_at=now,
+                                                                         **values)
+    if not conn.execute(update).rowcount:
+        _ensure_row(conn, account, now)
+        conn.execute(update)
+
+
+def pause(conn: sa.Connection, *, reason: str, now: dt.datetime, check_at: dt.datetime,
+          account: str = "") -> None:
+    current = read_control(conn, account)
+    _write_control(conn, now, account, paused_reason=reason, next_auth_check_at=check_at,
                    paused_since=current.paused_since if current.paused else now)
 
 
-def schedule_auth_check(conn: sa.Connection, *, now: dt.datetime, check_at: dt.datetime) -> None:
-    _write_control(conn, now, next_auth_check_at=check_at)
+def schedule_auth_check(conn: sa.Connection, *, now: dt.datetime, check_at: dt.datetime,
+                        account: str = "") -> None:
+    _write_control(conn, now, account, next_auth_check_at=check_at)
 
 
-def resume(conn: sa.Connection, *, now: dt.datetime) -> None:
-    """Lift the pause; rows that waited through it get a full retry window again, so the
-    pause itself can never push them past OUTBOX_MAX_AGE_SECONDS into failed."""
-    _write_control(conn, now, paused_reason=None, paused_since=None, next_auth_check_at=None)
-    conn.execute(events.update().where(events.c.status == Status.PENDING.value)
+def resume(conn: sa.Connection, *, now: dt.datetime, account: str = "") -> None:
+    """Lift the account's pause; its rows that waited through it get a full retry window
+    again, so the pause itself can never push them past OUTBOX_MAX_AGE_SECONDS into failed."""
+    _write_control(conn, now, account, paused_reason=None, paused_since=None,
+                   next_auth_check_at=None)
+    conn.execute(events.update().where(events.c.status == Status.PENDING.value,
+                                       events.c.account == account)
                  .values(requeued_at=now))
 
 
-def hold_until(conn: sa.Connection, *, now: dt.datetime, not_before: dt.datetime) -> None:
-    """No request to Spotler before `not_before` (a 429's Retry-After), from any worker."""
-    _write_control(conn, now, not_before=not_before)
+def hold_until(conn: sa.Connection, *, now: dt.datetime, not_before: dt.datetime,
+               account: str = "") -> None:
+    """No request for this account before `not_before` (a 429's Retry-After), from any
+    worker; the other accounts go on."""
+    _write_control(conn, now, account, not_before=not_before)
 
 
+_TAKE_SLOT = control.update().where(
+    control.c.account == sa.bindparam("acct"),
+    sa.or_(control.c.next_request_at.is_(None),
+           control.c.next_request_at <= sa.bindparam("now")),
+).values(next_request_at=sa.bindparam("next"))
+_READ_SLOT = sa.select(control.c.next_request_at).where(control.c.account == sa.bindparam("acct"))
+
+
+def take_request_slot(conn: sa.Connection, *, account: str, now: dt.datetime,
+                      interval: float) -> dt.datetime | None:
+    """Take the account's next request slot if it is free at `now`: None, send now; else the
+    time it frees up. One conditional UPDATE, so two workers never take the same slot."""
+    params = {"acct": account, "now": now, "next": now + dt.timedelta(seconds=interval)}
+    if conn.execute(_TAKE_SLOT, params).rowcount:
+        return None
+    free_at = conn.execute(_READ_SLOT, params).scalar()
+    if free_at is None:  # no control row yet for this account
+        _ensure_row(conn, account, now)
+        return None if conn.execute(_TAKE_SLOT, params).rowcount else now
+    return free_at  # type: ignore[no-any-return]
+
+
+# The timers' turns are shared by every account: they live on the default account's row.
+DEFAULT_CONTROL = ""
 _TURNS = {"sweep": control.c.next_sweep_at, "retention": control.c.next_retention_at}
 
 
@@ -81,7 +132,7 @@ def take_turn(conn: sa.Connection, job: str, *, now: dt.datetime, next_at: dt.da
     """
     column = _TURNS[job]
     return conn.execute(
-        control.update().where(control.c.id == CONTROL_ID,
+        control.update().where(control.c.account == DEFAULT_CONTROL,
                                sa.or_(column.is_(None), column <= now))
         .values({column.name: next_at})
     ).rowcount == 1

@@ -11,12 +11,14 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session, scoped_session
 
 from spotler_outbox.models import wakeup
+from spotler_outbox.models.accounts import row_account
 from spotler_outbox.models.settings import Settings, get_settings
 from spotler_outbox.models.tables import OutboxEvent
 from spotler_outbox.models.validation import canonical_json, validate_purchase
 
 MYSQL_FAMILY = ("mysql", "mariadb")
 _table = cast(sa.Table, OutboxEvent.__table__)
+_KEY = ("account", "event", "orderid")  # the outbox's unique key
 SessionLike = Session | scoped_session[Any] | sa.Connection
 
 
@@ -77,19 +79,24 @@ class EnqueueResult:
         return self._row
 
 
-def outbox_values(event: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+def outbox_values(event: Mapping[str, Any], settings: Settings,
+                  account: str | None = None) -> dict[str, Any]:
     """The validated row's column values; raises InvalidEvent naming every bad field.
 
+    `account` names the Spotler account (store) the order goes to; orderids need only be
+    unique within their account. Without it, the default account (SPOTLER_ACCOUNT).
     `validated` tells the worker it may send the payload as stored, without validating it
     again; rows from plain SQL leave it false.
     """
     payload = validate_purchase(event, settings)
-    return {"event": payload["event"], "orderid": payload["orderid"],
-            "payload": canonical_json(payload), "validated": True}
+    return {"account": row_account(account, settings), "event": payload["event"],
+            "orderid": payload["orderid"], "payload": canonical_json(payload),
+            "validated": True}
 
 
 def enqueue_purchase(
-    session: SessionLike, event: Mapping[str, Any], *, settings: Settings | None = None
+    session: SessionLike, event: Mapping[str, Any], *, account: str | None = None,
+    settings: Settings | None = None,
 ) -> EnqueueResult:
     """Validate `event` and add it to the outbox inside the caller's transaction.
 
@@ -98,9 +105,10 @@ def enqueue_purchase(
     together. A second enqueue of the same orderid (even from a concurrent transaction) returns
     the existing row; it never raises on the duplicate and never aborts the caller's
     transaction. Raises InvalidEvent, naming every bad field, before touching the database.
+    `account` names the order's Spotler account (store); without it, the default account.
     """
     settings = settings or get_settings()
-    values = outbox_values(event, settings)
+    values = outbox_values(event, settings, account)
     conn = session if isinstance(session, sa.Connection) else session.connection()
     dialect = conn.dialect.name
     new_id: int | None = None
@@ -197,21 +205,21 @@ def compiled_statements(dialect: str, returning: bool = False) -> tuple[str, str
 
 @cache
 def insert_statement(dialect: str) -> sa.Insert:
-    """An INSERT that adds the row, or nothing when (event, orderid) exists.
+    """An INSERT that adds the row, or nothing when (account, event, orderid) exists.
 
     The database resolves the race between two transactions: the second waits for the first
     and then inserts nothing, instead of failing with an IntegrityError that would poison the
     caller's transaction. Built once per dialect: building it per call cost more than the
     round trip.
     """
-    params: dict[str, Any] = {name: sa.bindparam(name) for name in ("event", "orderid",
-                                                                     "payload", "validated")}
+    params: dict[str, Any] = {name: sa.bindparam(name)
+                              for name in (*_KEY, "payload", "validated")}
     if dialect == "postgresql":
         return (postgresql.insert(_table).values(params)
-                .on_conflict_do_nothing(index_elements=["event", "orderid"]))
+                .on_conflict_do_nothing(index_elements=list(_KEY)))
     if dialect == "sqlite":
         return (sqlite.insert(_table).values(params)
-                .on_conflict_do_nothing(index_elements=["event", "orderid"]))
+                .on_conflict_do_nothing(index_elements=list(_KEY)))
     # MySQL and MariaDB: INSERT IGNORE inserts nothing for a duplicate; values are validated
     # and bounded, so the other errors IGNORE would downgrade cannot occur here.
     return mysql.insert(_table).values(params).prefix_with("IGNORE")
@@ -219,8 +227,8 @@ def insert_statement(dialect: str) -> sa.Insert:
 
 @cache
 def find_existing_statement(dialect: str) -> sa.Select[Any]:
-    find = sa.select(_table.c.id).where(_table.c.event == sa.bindparam("event"),
-                                        _table.c.orderid == sa.bindparam("orderid"))
+    find = sa.select(_table.c.id).where(*(_table.c[name] == sa.bindparam(name)
+                                          for name in _KEY))
     if dialect in MYSQL_FAMILY:
         # Under REPEATABLE READ (MariaDB's default) INSERT IGNORE sees a row another
         # transaction committed after our snapshot, but a plain SELECT does not: read the

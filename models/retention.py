@@ -49,7 +49,7 @@ _UNPURGED_DELIVERED = sa.and_(
 
 def pick_unpurged(
     conn: sa.Connection, *, before: dt.datetime, since: dt.datetime | None,
-    limit: int = PURGE_BATCH,
+    limit: int = PURGE_BATCH, account: str | None = None,
 ) -> list[tuple[int, dt.datetime]]:
     """(id, delivered_at) of the next unpurged delivered rows, oldest delivery first.
 
@@ -57,6 +57,8 @@ def pick_unpurged(
     entries it has passed (on PostgreSQL those of purged rows stay until VACUUM removes them).
     """
     where = [_UNPURGED_DELIVERED, events.c.delivered_at < before]
+    if account is not None:  # `purge --account`: one store's rows
+        where.append(events.c.account == account)
     if since is not None:
         where.append(events.c.delivered_at >= since)
     rows = conn.execute(sa.select(events.c.id, events.c.delivered_at).where(*where)
@@ -111,6 +113,7 @@ def delete_attempts(conn: sa.Connection, ids: Sequence[int]) -> int:
 def purge_delivered_before(
     engine: Engine, *, before: dt.datetime, clock: Callable[[], dt.datetime],
     batch: int = PURGE_BATCH, stop: threading.Event | None = None,
+    account: str | None = None,
 ) -> PurgeCount:
     """Compact every order delivered before `before` and delete the attempts left without
     orders; one short transaction per batch. `stop` ends the run between batches."""
@@ -118,7 +121,8 @@ def purge_delivered_before(
     since: dt.datetime | None = None
     while stop is None or not stop.is_set():
         with engine.begin() as conn:
-            picked = pick_unpurged(conn, before=before, since=since, limit=batch)
+            picked = pick_unpurged(conn, before=before, since=since, limit=batch,
+                                   account=account)
             ids = [i for i, _ in picked]
             carried = attempts_of(conn, ids)
             rows += compact_delivered(conn, ids, before=before, now=clock())

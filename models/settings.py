@@ -37,6 +37,12 @@ class Settings:
     # repr=False keeps the key out of every repr, traceback and log of the settings.
     api_key: str = field(default="", repr=False,
                          metadata={"env": "SPOTLER_API_KEY", "secret": True})
+    # A JSON file {"<account id>": "<api key>"}: the other stores' accounts (models.accounts).
+    accounts_file: str = field(default="", metadata={"env": "SPOTLER_ACCOUNTS_FILE"})
+    # Per account, shared by every worker through the outbox database; 0: no budget.
+    max_requests_per_second: float = field(
+        default=0.0, metadata={"env": "SPOTLER_MAX_REQUESTS_PER_SECOND"}
+    )
     multi_currency: bool = field(default=False, metadata={"env": "SPOTLER_MULTI_CURRENCY"})
     multi_language: bool = field(default=False, metadata={"env": "SPOTLER_MULTI_LANGUAGE"})
     hash_email: bool = field(default=False, metadata={"env": "SPOTLER_HASH_EMAIL"})
@@ -86,6 +92,11 @@ class Settings:
             raise ConfigurationError(
                 f"OUTBOX_RETENTION_DAYS: must be 0 (keep everything) or more, "
                 f"got {self.retention_days}"
+            )
+        if self.max_requests_per_second < 0:
+            raise ConfigurationError(
+                "SPOTLER_MAX_REQUESTS_PER_SECOND: must be 0 (no budget) or more, "
+                f"got {self.max_requests_per_second:g}"
             )
         if self.log_format not in ("text", "json"):
             raise ConfigurationError(

@@ -95,6 +95,9 @@ class OutboxEvent(Base):
     __tablename__ = "outbox_events"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The Spotler account (store) the order belongs to; '' is the default account, the one
+    # SPOTLER_ACCOUNT names (models.accounts).
+    account: Mapped[str] = mapped_column(key_text(64), server_default="")
     event: Mapped[str] = mapped_column(key_text(64), server_default="Purchase")
     orderid: Mapped[str] = mapped_column(key_text(128))
     payload: Mapped[str] = mapped_column(PayloadText)
@@ -125,16 +128,20 @@ class OutboxEvent(Base):
     )
 
     __table_args__ = (
-        sa.UniqueConstraint("event", "orderid", name="uq_outbox_events_event_orderid"),
+        # Order numbers repeat across stores (Magento's per-store increment ids).
+        sa.UniqueConstraint("account", "event", "orderid",
+                            name="uq_outbox_events_account_event_orderid"),
         sa.CheckConstraint(
             "status IN ('pending', 'in_flight', 'delivered', 'failed')",
             name="ck_outbox_events_status",
         ),
         # Partial where the dialect has it, so millions of delivered rows cost the claim nothing;
         # MariaDB gets the composite, whose leading status column skips them just the same.
+        # The claim reads one account at a time, so a paused account's rows are never read.
         sa.Index(
             "ix_outbox_events_due",
             "status",
+            "account",
             "next_attempt_at",
             postgresql_where=sa.text("status IN ('pending', 'in_flight')"),
             sqlite_where=sa.text("status IN ('pending', 'in_flight')"),
@@ -190,15 +197,17 @@ class AttemptEvent(Base):
 
 
 class DispatchControl(Base):
-    """One row shared by every worker: a pause for bad credentials, a stop for a 429."""
+    """One row per account shared by every worker: a pause for bad credentials, a stop for a
+    429, and the next free slot of the account's request budget."""
 
     __tablename__ = "dispatch_control"
 
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    account: Mapped[str] = mapped_column(key_text(64), primary_key=True)
     paused_reason: Mapped[str | None] = mapped_column(sa.Text)
     paused_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     next_auth_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     not_before: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    next_request_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # Turns of the workers' timers: the worker whose UPDATE moves one forward does that job.
     next_sweep_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     next_retention_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -1,6 +1,6 @@
 """Wake the workers after an enqueue commits, without ever slowing or failing the order.
 
-The message only says "there is work"; the row is the record of truth, and the beat sweeper
+The message only says "there is work"; the row is the record of truth, and the workers' sweeper
 finds every due row even when this message is lost or the broker is down.
 """
 

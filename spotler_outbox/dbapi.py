@@ -42,11 +42,12 @@ class Enqueued(NamedTuple):
 
 
 def enqueue_purchase(
-    connection: Any, event: Mapping[str, Any], *, settings: Settings | None = None
+    connection: Any, event: Mapping[str, Any], *, account: str | None = None,
+    settings: Settings | None = None,
 ) -> Enqueued:
     """Validate `event` and insert its outbox row in the connection's open transaction."""
     settings = settings or get_settings()
-    values = outbox_values(event, settings)
+    values = outbox_values(event, settings, account)
     dialect = _dialect_of(connection)
     cursor = connection.cursor()
     try:

@@ -29,7 +29,8 @@ _VENDORS = {"postgresql": "postgresql", "mysql": "mysql", "sqlite": "sqlite"}
 
 
 def enqueue_purchase(
-    event: Mapping[str, Any], using: str = "default", *, settings: Settings | None = None
+    event: Mapping[str, Any], using: str = "default", *, account: str | None = None,
+    settings: Settings | None = None,
 ) -> Enqueued:
     """Validate `event`, insert its outbox row in the current `transaction.atomic()` block,
     and wake the workers once that transaction commits.
@@ -40,7 +41,7 @@ def enqueue_purchase(
     from django.db import connections, transaction  # Django is the caller's, not ours
 
     settings = settings or get_settings()
-    values = outbox_values(event, settings)
+    values = outbox_values(event, settings, account)
     connection = connections[using]
     if not connection.in_atomic_block:
         raise UsageError(

@@ -26,7 +26,6 @@ from spotler_outbox.models.database import make_engine
 from spotler_outbox.models.settings import Settings, get_settings
 from spotler_outbox.models.wakeup import DISPATCH_TASK, WAKEUP_EXPIRES_SECONDS
 from spotler_outbox.worker.dispatch import Dispatcher
-from spotler_outbox.worker.spotler.client import SpotlerClient
 
 log = logging.getLogger("spotler_outbox.sweeper")
 
@@ -101,7 +100,7 @@ class Timers:
         """Built on first use: missing credentials stop the sweep (logged), not retention."""
         if self._dispatcher is None:
             self._dispatcher = Dispatcher(
-                self.engine, SpotlerClient(self.settings), self.settings,
+                self.engine, None, self.settings,  # every account's client (models.accounts)
                 worker_name=f"{socket.gethostname()}:{os.getpid()}:timer")
             self._dispatcher.stopping = self.stop
         return self._dispatcher
@@ -115,17 +114,20 @@ class Timers:
         now = self.clock()
         interval = dt.timedelta(seconds=self.settings.sweep_interval)
         with self.engine.begin() as conn:
-            state = control.read_control(conn)
-            if state.paused:
-                if state.next_auth_check_at is not None and state.next_auth_check_at > now:
-                    return 0
+            # Per account: a paused account's recheck when due, the others' rows wake dispatch.
+            check_due = any(
+                state.next_auth_check_at is None or state.next_auth_check_at <= now
+                for state in control.read_controls(conn).values() if state.paused)
             # Due for a whole interval: a row just made due is a running dispatch's to take.
-            elif not claims.any_due(conn, now - interval):
+            due = claims.any_due(conn, now - interval,
+                                 self.dispatcher.sendable_accounts(conn, now))
+            if not (check_due or due):
                 return 0
             if not control.take_turn(conn, "sweep", now=now, next_at=now + interval):
                 return 0  # another worker's sweeper acts on this turn
-        if state.paused:
+        if check_due:
             self.dispatcher.recheck_credentials()  # resumed: the next tick wakes dispatch
+        if not due:
             return 0
         for _ in range(self.settings.sweep_fanout):
             self.send_dispatch()

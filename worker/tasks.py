@@ -22,7 +22,6 @@ from spotler_outbox.models.wakeup import DISPATCH_TASK, WAKEUP_EXPIRES_SECONDS
 from spotler_outbox.worker.celery import app
 from spotler_outbox.worker.dispatch import Dispatcher
 from spotler_outbox.worker.logs import configure_logging
-from spotler_outbox.worker.spotler.client import SpotlerClient
 
 log = logging.getLogger("spotler_outbox.tasks")
 
@@ -46,7 +45,7 @@ def get_dispatcher() -> Dispatcher:
         # and the recording of Spotler's answer are built to survive that.
         _engine = (pid, make_engine(settings.database_url, pool_pre_ping=False))
     dispatcher = Dispatcher(
-        _engine[1], SpotlerClient(settings), settings,
+        _engine[1], None, settings,
         # The Celery node name (w1@host): two workers on one machine must be told apart.
         worker_name=f"{_node_name or socket.gethostname()}:{pid}:{threading.get_ident() % 10000}",
     )

@@ -16,12 +16,12 @@ final class Outbox
     // one is also accepted by MySQL 8 (INSERT IGNORE would also hide other errors, such as a
     // too-long orderid being cut short).
     private const INSERT = [
-        'pgsql' => "INSERT INTO outbox_events (event, orderid, payload) VALUES ('Purchase', ?, ?)"
-            . ' ON CONFLICT (event, orderid) DO NOTHING',
-        'mysql' => "INSERT INTO outbox_events (event, orderid, payload) VALUES ('Purchase', ?, ?)"
-            . ' ON DUPLICATE KEY UPDATE id = id',
-        'sqlite' => "INSERT INTO outbox_events (event, orderid, payload) VALUES ('Purchase', ?, ?)"
-            . ' ON CONFLICT (event, orderid) DO NOTHING',
+        'pgsql' => 'INSERT INTO outbox_events (account, event, orderid, payload)'
+            . " VALUES (?, 'Purchase', ?, ?) ON CONFLICT (account, event, orderid) DO NOTHING",
+        'mysql' => 'INSERT INTO outbox_events (account, event, orderid, payload)'
+            . " VALUES (?, 'Purchase', ?, ?) ON DUPLICATE KEY UPDATE id = id",
+        'sqlite' => 'INSERT INTO outbox_events (account, event, orderid, payload)'
+            . " VALUES (?, 'Purchase', ?, ?) ON CONFLICT (account, event, orderid) DO NOTHING",
     ];
 
     public function __construct(private readonly PDO $pdo)
@@ -32,10 +32,12 @@ final class Outbox
      * Adds a Purchase event (Spotler's shape: event, email, orderid, products, ...) to the
      * outbox. Call it between the order's beginTransaction() and commit(): the row commits or
      * rolls back with the order. Returns false when the orderid was already in the outbox.
+     * $account names the store's Spotler account (SPOTLER_ACCOUNTS_FILE); '' is the default
+     * one (SPOTLER_ACCOUNT). Orderids need only be unique within their account.
      *
      * @param array<string, mixed> $event
      */
-    public function enqueuePurchase(array $event): bool
+    public function enqueuePurchase(array $event, string $account = ''): bool
     {
         $driver = $this->pdo->getAttribute(PDO::ATTR_DRIVER_NAME);
         if (!isset(self::INSERT[$driver])) {
@@ -45,7 +47,7 @@ final class Outbox
         $payload = json_encode($event, JSON_THROW_ON_ERROR | JSON_UNESCAPED_SLASHES
             | JSON_UNESCAPED_UNICODE | JSON_PRESERVE_ZERO_FRACTION);
         $statement = $this->pdo->prepare(self::INSERT[$driver]);
-        $statement->execute([(string) ($event['orderid'] ?? ''), $payload]);
+        $statement->execute([$account, (string) ($event['orderid'] ?? ''), $payload]);
         return $statement->rowCount() > 0;
     }
 }

@@ -1,7 +1,7 @@
 """Mark the rows enqueue_purchase validated, so the worker need not validate them again.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-27
 
 False by default: a row inserted with plain SQL (PHP, psql) is still parsed and validated by
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"  # the lead re-chains on merge; 0005 is main's head here
+down_revision = "0006"  # the lead re-chains on merge; 0006 is main's head here
 branch_labels = None
 depends_on = None
 

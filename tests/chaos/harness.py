@@ -110,7 +110,7 @@ class Chaos:
 
     def _start_worker(self, index: int, env: dict[str, str]) -> WorkerProcess:
         worker = WorkerProcess(f"chaos{index}-{time.monotonic_ns()}", env, self.log_dir,
-                               beat=index == 0)
+                               beat=False)
         worker.wait_ready(60)
         return worker
 

@@ -121,7 +121,10 @@ def test_with_redis_down_enqueue_succeeds_and_delivery_catches_up_afterwards(
         started = time.monotonic()
         enqueue_orders(engine, producer, [f"M-{i}" for i in range(20)])
         assert time.monotonic() - started < 5  # 20 order transactions, none waited on Redis
-        assert counts(engine) == {"pending": 20}
+        # All 20 committed; a dispatch run already going (or a LISTEN wake-up) may deliver some
+        # without Redis, which is fine: none may be lost or parked.
+        status = counts(engine)
+        assert sum(status.values()) == 20 and set(status) <= {"pending", "in_flight", "delivered"}
         redis_server.start()
         wait_for(lambda: all_settled(engine, 20), 60, "catching up after Redis is back")
     assert api.state.received()["orderids"] == {f"M-{i}": 1 for i in range(20)}

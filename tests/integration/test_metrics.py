@@ -207,6 +207,10 @@ def test_every_family_is_one_kind_and_none_repeats_another(exporter: str) -> Non
         "spotler_outbox_rate_limited_until_seconds": "gauge",
         "spotler_outbox_requests": "counter", "spotler_outbox_delivered_events": "counter",
         "spotler_outbox_request_duration_seconds": "histogram",
+        # Per Spotler account (several stores): tests/integration/test_accounts.py.
+        "spotler_outbox_account_rows": "gauge", "spotler_outbox_account_paused": "gauge",
+        "spotler_outbox_account_rate_limited_until_seconds": "gauge",
+        "spotler_outbox_account_without_credentials": "gauge",
     }
 
 

@@ -71,7 +71,7 @@ def test_retention_empties_old_payloads_keeps_orderids_and_a_re_enqueue_creates_
                   "('Purchase', 'OLD-4', :p) ON DUPLICATE KEY UPDATE id = id"
                   if engine.dialect.name == "mysql" else
                   "INSERT INTO outbox_events (event, orderid, payload) VALUES "
-                  "('Purchase', 'OLD-4', :p) ON CONFLICT (event, orderid) DO NOTHING")
+                  "('Purchase', 'OLD-4', :p) ON CONFLICT (account, event, orderid) DO NOTHING")
         conn.execute(sa.text(insert), {"p": json.dumps(purchase("OLD-4"))})
     after = all_rows(engine)
     assert len(after) == 9 and after["OLD-4"].payload == "" and after["OLD-3"].payload == ""

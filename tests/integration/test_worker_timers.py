@@ -104,7 +104,7 @@ def test_retention_runs_by_itself_in_a_worker_and_a_re_enqueue_after_it_sends_no
                       "('Purchase', 'R-2', :p) ON DUPLICATE KEY UPDATE id = id"
                       if engine.dialect.name == "mysql" else
                       "INSERT INTO outbox_events (event, orderid, payload) VALUES "
-                      "('Purchase', 'R-2', :p) ON CONFLICT (event, orderid) DO NOTHING")
+                      "('Purchase', 'R-2', :p) ON CONFLICT (account, event, orderid) DO NOTHING")
             conn.execute(sa.text(insert), {"p": json.dumps(purchase("R-2"))})
         with Session(engine) as session, session.begin():  # a new order: the worker sends
             enqueue_purchase(session, purchase("R-3"), settings=settings)

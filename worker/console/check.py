@@ -7,8 +7,9 @@ import argparse
 import json
 from typing import Any
 
+from spotler_outbox.models.accounts import account_keys, row_account
 from spotler_outbox.models.clock import utc_now
-from spotler_outbox.models.errors import InvalidEvent, UsageError
+from spotler_outbox.models.errors import ConfigurationError, InvalidEvent, UsageError
 from spotler_outbox.models.settings import Settings
 from spotler_outbox.models.validation import validate_purchase
 from spotler_outbox.worker.logs import mask_emails
@@ -47,6 +48,18 @@ def _answer(e: DeliveryError) -> str:
     return f"HTTP {e.http_status}: {mask_emails(e.excerpt) or '(empty body)'}"
 
 
+def _client(args: argparse.Namespace, settings: Settings) -> SpotlerClient:
+    """The default account's client, or that of --account (from SPOTLER_ACCOUNTS_FILE)."""
+    account = getattr(args, "account", None)
+    if account is None:
+        return SpotlerClient(settings)
+    credentials = account_keys(settings).credentials.get(row_account(account, settings))
+    if credentials is None:
+        raise ConfigurationError(f"account {account!r} has no credentials: add it to "
+                                 "SPOTLER_ACCOUNTS_FILE")
+    return SpotlerClient(settings, account=credentials[0], api_key=credentials[1])
+
+
 def _show_request(client: SpotlerClient, event: dict[str, Any], *, sending: bool) -> None:
     verb = "Sending" if sending else "Would send"
     print(f"{verb} one real Purchase to POST {client.base_url}/v1/track, this body (the e-mail "
@@ -65,9 +78,9 @@ def _refuse_without_yes(args: argparse.Namespace, orderid: str) -> int:
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     event = _test_purchase(args, settings) if args.send_test_purchase else None
-    client = SpotlerClient(settings)
+    client = _client(args, settings)
     try:
-        print(f"Spotler API {client.base_url}, account {settings.account}")
+        print(f"Spotler API {client.base_url}, account {client.account}")
         try:
             accepted = client.verify_auth()
             print(f"verifyAuth: OK, Spotler answered HTTP {accepted.http_status}: "

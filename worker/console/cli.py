@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from spotler_outbox import migrations
 from spotler_outbox.models import grants
+from spotler_outbox.models.accounts import account_keys
 from spotler_outbox.models.database import describe_database_error, shown_url
 from spotler_outbox.models.errors import ConfigurationError, NotFound, OutboxError, UsageError
 from spotler_outbox.models.settings import Settings, get_settings
@@ -91,13 +92,21 @@ def cmd_fake_api(args: argparse.Namespace, settings: Settings) -> int:
         fake_api.run_fake_api(args.host, args.port, account=args.account or settings.account
                               or "demo-account",
                               api_key=args.api_key or settings.api_key or "demo-key",
-                              faults=faults)
+                              faults=faults, accounts=_file_accounts(settings))
     except ValueError as e:
         raise UsageError(str(e)) from e
     except OSError as e:
         raise ConfigurationError(f"cannot listen on {args.host}:{args.port}: "
                                  f"{e.strerror or e}") from e
     return OK
+
+
+def _file_accounts(settings: Settings) -> dict[str, str]:
+    """The stores of SPOTLER_ACCOUNTS_FILE, which the fake API serves beside its account."""
+    if not settings.accounts_file:
+        return {}
+    return {credentials[0]: credentials[1] for account, credentials
+            in account_keys(settings).credentials.items() if account}
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -112,6 +121,11 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 _FAULT_FLAGS = (("--error-rate", float, 0.0), ("--error-status", int, 503),
                 ("--latency-ms", float, 0.0), ("--timeout-rate", float, 0.0),
                 ("--timeout-seconds", float, 60.0), ("--rate-limit-seconds", float, 0.0))
+
+
+def _account_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--account", metavar="ACCOUNT",
+                   help="one Spotler account (store) only; default: every account")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,25 +145,31 @@ def build_parser() -> argparse.ArgumentParser:
     command("migrate", cmd_migrate, "create or upgrade the outbox tables")
     p = command("status", cmd_status, "rows per status, backlog, pause and rate-limit state")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _account_option(p)
     p = command("list", cmd_list, "list outbox rows, oldest first")
     p.add_argument("--status", choices=[s.value for s in Status])
     p.add_argument("--older-than", type=parse_duration, metavar="AGE",
                    help="created at least this long ago: 90s, 10m, 2h, 1d, 2w")
     p.add_argument("--orderid", help="exact orderid, or a pattern with *")
     p.add_argument("--limit", type=positive_int, default=50)
+    _account_option(p)
     p = command("show", cmd_show, "one order: its row, its payload and every delivery attempt")
     p.add_argument("orderid", metavar="ORDERID")
+    _account_option(p)
     p = command("retry", cmd_retry, "make failed orders pending again, due now")
     p.add_argument("orderid", metavar="ORDERID", nargs="?")
     p.add_argument("--all-failed", action="store_true", help="every failed order (asks first)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _account_option(p)
     p = command("resend", cmd_resend, "send a delivered order again, on purpose (recorded)")
     p.add_argument("orderid", metavar="ORDERID")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _account_option(p)
     p = command("purge", cmd_purge,
                 "delete old delivered orders and the attempts left without orders")
     p.add_argument("--delivered-before", required=True, metavar="AGE_OR_DATE",
                    help="a duration such as 30d, or an ISO date/datetime (UTC unless given)")
+    _account_option(p)
     p = command("forget", cmd_forget, "erase one person's e-mail address (or its SHA-256) "
                 "and the payloads of their orders from the outbox (GDPR erasure)")
     p.add_argument("--email", required=True, metavar="ADDRESS",
@@ -169,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orderid", help="the test order's id (default: spotler-outbox-check-TIME)")
     p.add_argument("--yes", action="store_true",
                    help="really send the test purchase (without it, only shows it)")
+    _account_option(p)
     p = command("grants", cmd_grants, "print SQL creating least-privilege users for the order "
                 "system, the workers and an operator (OUTBOX_DATABASE_URL names the database)")
     for role, name in grants.DEFAULT_NAMES.items():

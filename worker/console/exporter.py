@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from spotler_outbox.models.accounts import DEFAULT_ACCOUNT, account_keys
 from spotler_outbox.models.clock import utc_now
 from spotler_outbox.models.database import (
     describe_database_error,
@@ -46,8 +47,14 @@ from spotler_outbox.models.metrics_queries import (
     attempts_after,
     highest_attempt_id,
 )
-from spotler_outbox.models.operations import StatusSummary, status_summary
-from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.operations import (
+    AccountSummary,
+    StatusSummary,
+    accounts_summary,
+    status_summary,
+)
+from spotler_outbox.models.settings import Settings, get_settings
+from spotler_outbox.models.tables import DUE_STATUSES
 from spotler_outbox.worker.console.attempt_feed import FeedPosition, advance
 from spotler_outbox.worker.spotler.errors import OUTCOMES
 
@@ -131,7 +138,7 @@ def outbox_families(s: StatusSummary, now: dt.datetime) -> Iterable[Metric]:
                  "Age (since created) of the oldest row due for sending; 0 when none is due.",
                  max(oldest, 0.0))
     yield _gauge("spotler_outbox_paused",
-                 "1 while dispatch is paused after Spotler refused the credentials.",
+                 "1 while an account's dispatch is paused after Spotler refused its credentials.",
                  1 if s.control.paused else 0)
     held = (s.control.not_before - now).total_seconds() if s.control.not_before else 0.0
     yield _gauge("spotler_outbox_rate_limited_until_seconds",
@@ -139,10 +146,47 @@ def outbox_families(s: StatusSummary, now: dt.datetime) -> Iterable[Metric]:
                  max(held, 0.0))
 
 
+def account_families(accounts: list[AccountSummary], now: dt.datetime,
+                     settings: Settings | None) -> Iterable[Metric]:
+    """The per-account series: rows, pause, hold, and accounts without credentials."""
+    default_name = (settings.account if settings else "") or "default"
+    credentials: set[str] | None = None
+    if settings is not None:
+        try:
+            credentials = set(account_keys(settings).accounts)
+        except ConfigurationError as e:
+            log.warning("cannot tell which accounts have credentials: %s", e)
+    rows = GaugeMetricFamily("spotler_outbox_account_rows", "Outbox rows per account and status.",
+                             labels=["account", "status"])
+    paused = GaugeMetricFamily("spotler_outbox_account_paused",
+                               "1 while the account's dispatch is paused (401/403).",
+                               labels=["account"])
+    held = GaugeMetricFamily("spotler_outbox_account_rate_limited_until_seconds",
+                             "Seconds until the account's 429 hold ends; 0 when none.",
+                             labels=["account"])
+    missing = GaugeMetricFamily("spotler_outbox_account_without_credentials",
+                                "1 when the account has rows to send but no credentials.",
+                                labels=["account"])
+    for a in accounts:
+        label = [default_name if a.account == DEFAULT_ACCOUNT else a.account]
+        for status, count in a.counts.items():
+            rows.add_metric([*label, status], count)
+        paused.add_metric(label, 1 if a.control.paused else 0)
+        left = (a.control.not_before - now).total_seconds() if a.control.not_before else 0.0
+        held.add_metric(label, max(left, 0.0))
+        if credentials is not None:
+            waiting = sum(a.counts[status] for status in DUE_STATUSES)
+            missing.add_metric(label, int(a.account not in credentials and waiting > 0))
+    # A family without samples (no accounts, credentials unknown) is left out, not sent empty.
+    yield from (family for family in (rows, paused, held, missing) if family.samples)
+
+
 class OutboxCollector(Collector):
-    def __init__(self, engine: Engine, clock: Callable[[], dt.datetime] = utc_now) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], dt.datetime] = utc_now,
+                 settings: Settings | None = None) -> None:
         self.engine = engine
         self.clock = clock
+        self.settings = settings  # tells which accounts have credentials
         self.attempts = AttemptCounters()
         # Scrapes may overlap (one thread each): one of them at a time feeds the counters.
         self.lock = threading.Lock()
@@ -156,13 +200,15 @@ class OutboxCollector(Collector):
             try:
                 with self.engine.begin() as conn:
                     summary = status_summary(conn, now)
+                    accounts = accounts_summary(conn)
                     self.attempts.read(conn, now)
             except sa.exc.SQLAlchemyError as e:
                 log.warning("cannot read the outbox, exporting spotler_outbox_up 0: %s",
                             describe_database_error(e, self.engine.url))
                 return [_gauge("spotler_outbox_up", UP_HELP, 0)]
             return [_gauge("spotler_outbox_up", UP_HELP, 1), *outbox_families(summary, now),
-                    *self.attempts.families()]
+                    *self.attempts.families(),
+                    *account_families(accounts, now, self.settings)]
 
 
 def exporter_engine(url: str) -> Engine:
@@ -182,10 +228,11 @@ def exporter_engine(url: str) -> Engine:
     return engine
 
 
-def start_exporter(engine: Engine, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+def start_exporter(engine: Engine, host: str, port: int, settings: Settings | None = None
+                   ) -> tuple[WSGIServer, threading.Thread]:
     """Serve /metrics from a daemon thread; port 0 picks a free port (server.server_port)."""
     registry = CollectorRegistry()
-    registry.register(OutboxCollector(engine))
+    registry.register(OutboxCollector(engine, settings=settings or get_settings()))
     return start_http_server(port, addr=host, registry=registry)
 
 
@@ -193,7 +240,7 @@ def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
     engine = exporter_engine(settings.database_url)
     try:
         try:
-            server, thread = start_exporter(engine, args.host, args.port)
+            server, thread = start_exporter(engine, args.host, args.port, settings)
         except OSError as e:
             raise ConfigurationError(f"cannot listen on {args.host}:{args.port}: "
                                      f"{e.strerror or e}") from e

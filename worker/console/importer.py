@@ -30,11 +30,12 @@ from spotler_outbox.worker.logs import mask_emails
 CSV_HELP = """\
 CSV files (.csv) need a header row. Order-level columns are the Purchase field names (email,
 orderid, currency, timestamp, totalvalue, firstname, ..., custom_<name>); an empty cell leaves
-the field out. Products come either as a JSON array in a `products` column, or one row per
-product with the columns product_id, quantity, price and optionally product_name, language and
-category_ids (separated by "|"); rows with the same orderid form one order, wherever they are
-in the file, and their order-level cells must agree; a refused order is reported by its first
-line. Any other file is JSON Lines: one JSON event per line, blank lines skipped. Orders
+the field out. An `account` column names each order's Spotler account (store); empty or absent:
+the default account. Products come either as a JSON array in a `products` column, or one row
+per product with the columns product_id, quantity, price and optionally product_name, language
+and category_ids (separated by "|"); rows with the same orderid form one order, wherever they
+are in the file, and their order-level cells must agree; a refused order is reported by its
+first line. Any other file is JSON Lines: one JSON event per line, blank lines skipped. Orders
 already in the outbox are counted, not added: importing a file twice is harmless."""
 
 PRODUCT_COLUMNS = {"product_id": "id", "quantity": "quantity", "price": "price",
@@ -102,7 +103,7 @@ def _csv_records(handle: TextIO) -> Iterator[Record]:
     if per_product and "product_id" not in columns:
         raise ConfigurationError("the CSV header needs a products column (JSON) or a "
                                  "product_id column (one row per product)")
-    orders: dict[str, Record] = {}
+    orders: dict[str, Record] = {}  # by account and orderid
     first_line: dict[str, int] = {}
     loose: list[Record] = []
     line = 1
@@ -116,11 +117,12 @@ def _csv_records(handle: TextIO) -> Iterator[Record]:
         if not per_product or not orderid:
             loose.append(_csv_order(start, cells))
             continue
-        if orderid not in orders:
-            orders[orderid] = _csv_order(start, cells)
-            first_line[orderid] = start
+        key = cells.get("account", "") + "\0" + orderid  # orderids repeat across stores
+        if key not in orders:
+            orders[key] = _csv_order(start, cells)
+            first_line[key] = start
         else:
-            _merge_row(orders[orderid], first_line[orderid], start, cells)
+            _merge_row(orders[key], first_line[key], start, cells)
     yield from sorted([*orders.values(), *loose], key=lambda r: r.line)
 
 
@@ -222,8 +224,10 @@ def _enqueue_one(session: Session, record: Record, settings: Settings,
     if record.event is None or record.problems:
         report.refused.append(record)
         return
+    event = dict(record.event)
+    account = event.pop("account", None)  # where the order goes, not a field of the event
     try:
-        result = enqueue_purchase(session, record.event, settings=settings)
+        result = enqueue_purchase(session, event, account=account or None, settings=settings)
     except InvalidEvent as e:
         record.problems.extend(e.problems)
         report.refused.append(record)

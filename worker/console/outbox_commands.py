@@ -17,6 +17,11 @@ from spotler_outbox.models.database import make_engine, require_existing_sqlite,
 from spotler_outbox.models.errors import OutboxError, UsageError
 from spotler_outbox.models.settings import Settings
 from spotler_outbox.models.tables import DUE_STATUSES, Status
+from spotler_outbox.worker.console.account_status import (
+    account_rows,
+    chosen_account,
+    print_accounts,
+)
 from spotler_outbox.worker.console.format import (
     ago,
     confirm,
@@ -45,8 +50,10 @@ def outbox(settings: Settings, *, must_exist: bool = True) -> Iterator[Engine]:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     now = utc_now()
+    account = chosen_account(args, settings)
     with outbox(settings) as engine, engine.begin() as conn:
-        s = ops.status_summary(conn, now)
+        s = ops.status_summary(conn, now, account)
+        accounts = account_rows(conn, settings, account, now)
     c = s.control
     oldest_age = (now - s.oldest_due_created_at).total_seconds() if s.oldest_due_created_at \
         else None
@@ -63,6 +70,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             "deliveries_per_minute_5m": round(s.deliveries_per_minute(), 2),
             "paused": c.paused, "paused_reason": mask_emails(c.paused_reason or "") or None,
             "paused_since": iso(c.paused_since), "rate_limited_until": iso(held),
+            "accounts": accounts,
         }, indent=2))
         return OK
     print(f"Outbox {shown_url(settings.database_url)}")
@@ -77,6 +85,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     print(f"Deliveries/minute:   {s.deliveries_per_minute():.1f} (last 5 minutes)")
     print(f"Dispatch:            {dispatch}")
     print(f"Rate-limit hold:     {'none' if held is None else 'until ' + ago(held, now)}")
+    if len(accounts) > 1 or any(not (r["credentials"] and r["account"] == "")
+                                for r in accounts):
+        print_accounts(accounts)
     return OK
 
 
@@ -94,13 +105,19 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     cutoff = now - args.older_than if args.older_than else None
     with outbox(settings) as engine, engine.begin() as conn:
         rows, total = ops.list_events(conn, status=args.status, created_before=cutoff,
-                                      orderid=args.orderid, limit=args.limit)
+                                      orderid=args.orderid, limit=args.limit,
+                                      account=chosen_account(args, settings))
     if not rows:
         print("no matching orders")
         return OK
-    print(table(("ID", "ORDERID", "STATUS", "ATTEMPTS", "NEXT ATTEMPT", "HTTP", "LAST ERROR"), [
+    # The account column only where there is more than the default account to tell apart.
+    accounts = [(r.account or "(default)",) if any(r.account for r in rows) else ()
+                for r in rows]
+    print(table(("ID", "ORDERID", "STATUS", "ATTEMPTS", "NEXT ATTEMPT", "HTTP", "LAST ERROR")
+                + (("ACCOUNT",) if any(accounts) else ()), [
         (str(r.id), r.orderid, r.status, str(r.attempts), _next_attempt(r, now),
-         str(r.last_http_status or "-"), short(r.last_error, 60)) for r in rows]))
+         str(r.last_http_status or "-"), short(r.last_error, 60), *a)
+        for r, a in zip(rows, accounts, strict=True)]))
     if total > len(rows):
         print(f"(showing {len(rows)} of {total} matching orders; raise --limit to see more)")
     return OK
@@ -109,7 +126,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     now = utc_now()
     with outbox(settings) as engine, engine.begin() as conn:
-        row = ops.get_event(conn, args.orderid)
+        row = ops.get_event(conn, args.orderid, chosen_account(args, settings))
         attempts = ops.attempts_for(conn, row.id)
     try:
         payload = json.dumps(json.loads(row.payload), indent=2, ensure_ascii=False)
@@ -117,6 +134,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         payload = row.payload  # a malformed row is shown as stored: that is the thing to see
     print(f"Order {row.orderid} (outbox id {row.id})")
     for label, value in (
+        *((("account", row.account),) if row.account else ()),
         ("status", row.status), ("attempts", str(row.attempts)), ("resends", str(row.resends)),
         ("created", ago(row.created_at, now)), ("updated", ago(row.updated_at, now)),
         ("next attempt", _next_attempt(row, now)), ("delivered", ago(row.delivered_at, now)),
@@ -141,14 +159,15 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     if bool(args.orderid) == bool(args.all_failed):
         raise UsageError("give one ORDERID or --all-failed")
+    account = chosen_account(args, settings)
     with outbox(settings) as engine:
         if args.orderid:
             with engine.begin() as conn:
-                ops.retry_failed(conn, args.orderid, now=utc_now())
+                ops.retry_failed(conn, args.orderid, now=utc_now(), account=account)
             print(f"order {args.orderid} is pending again and due now (attempts reset to 0)")
             return OK
         with engine.begin() as conn:
-            count = ops.count_status(conn, Status.FAILED)
+            count = ops.count_status(conn, Status.FAILED, account)
         if not count:
             print("no failed orders to retry")
             return OK
@@ -156,15 +175,16 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
             print("nothing changed")
             return PROBLEMS
         with engine.begin() as conn:
-            changed = ops.retry_all_failed(conn, now=utc_now())
+            changed = ops.retry_all_failed(conn, now=utc_now(), account=account)
     print(f"{changed} failed orders are pending again and due now (attempts reset to 0)")
     return OK
 
 
 def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
+    account = chosen_account(args, settings)
     with outbox(settings) as engine:
         with engine.begin() as conn:
-            row = ops.get_event(conn, args.orderid)
+            row = ops.get_event(conn, args.orderid, account)
         if row.status != Status.DELIVERED:
             raise OutboxError(f"order {row.orderid!r} is {row.status}, not delivered; only "
                               "delivered orders can be resent")
@@ -174,7 +194,8 @@ def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
         now = utc_now()
         note = f"re-send requested by operator at {now.isoformat(timespec='seconds')}"
         with engine.begin() as conn:
-            row = ops.resend_delivered(conn, args.orderid, now=now, note=note)
+            row = ops.resend_delivered(conn, args.orderid, now=now, note=note,
+                                       account=row.account)
     print(f"order {row.orderid} will be sent again (resend {row.resends}); it is due now")
     return OK
 
@@ -182,7 +203,8 @@ def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
     before = parse_cutoff(args.delivered_before, utc_now())
     with outbox(settings) as engine:
-        purged, attempts = ops.purge(engine, delivered_before=before)
+        purged, attempts = ops.purge(engine, delivered_before=before,
+                                     account=chosen_account(args, settings))
     print(f"purged {purged} orders delivered before {stamp(before)} and {attempts} delivery "
           "attempts no order refers to any more; each purged order keeps its orderid and "
           "delivery time, so enqueueing it again sends nothing")

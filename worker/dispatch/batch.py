@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from spotler_outbox.models import claims
+from spotler_outbox.models import claims, control
 from spotler_outbox.models.claims import AttemptRecord, ClaimedRow
 from spotler_outbox.worker.dispatch.context import DispatchContext, DispatchReport
 from spotler_outbox.worker.dispatch.decide import Act, Credentials, Decision, decide
@@ -32,6 +32,7 @@ T = TypeVar("T")
 LEASE_MARGIN_SECONDS = 5.0
 # Answers after which this claim sends nothing more and dispatch goes on.
 _FINAL_AND_GOING_ON = (Act.DELIVER, Act.RETRY, Act.PARK)
+BUDGET_HEADROOM = 1.1
 
 
 class Claim:
@@ -40,9 +41,12 @@ class Claim:
     def __init__(self, ctx: DispatchContext, token: str, lease_until: dt.datetime,
                  report: DispatchReport, rows: Sequence[ClaimedRow], *,
                  after: Claim | None = None, stopping: threading.Event | None = None) -> None:
+        if ctx.client is None:
+            raise ValueError("a claim needs the client of its rows' account")
         self.ctx = ctx
+        self.client = ctx.client
         # Claimed ahead while `after` is in flight: this claim sends only once `after` has its
-        # answer, and not at all if that answer halted dispatch or the worker is stopping.
+        # answer, and not at all if that answer halted its account or the worker is stopping.
         self.after = after
         self.stopping = stopping
         # Set once this claim sends no more requests, or its one request's answer is final and
@@ -73,10 +77,11 @@ class Claim:
         finally:
             self.answered.set()
 
-    @property
-    def stops_dispatch(self) -> bool:
-        """Paused, rate limited or crashed: the claim after this one must not send."""
-        return self.report.paused or self.report.rate_limited or self.crashed
+    def stops(self, later: Claim) -> bool:
+        """Whether this claim's answer forbids `later` to send: it paused or held their
+        account (others flow on), or it crashed."""
+        halted = self.report.paused or self.report.rate_limited
+        return self.crashed or (halted and self.ctx.account == later.ctx.account)
 
     def _my_turn(self) -> bool:
         """Wait for the claim ahead's answer, no longer than this claim's lease allows."""
@@ -87,7 +92,7 @@ class Claim:
                 self._hand_back("not sent: claimed ahead, but the request before it took "
                                 "too long; due again now")
                 return False
-            if self.after.stops_dispatch:
+            if self.after.stops(self):
                 self._hand_back("not sent: dispatch halted by the answer to the request "
                                 "before it; due again now")
                 return False
@@ -122,14 +127,14 @@ class Claim:
         if self.halted or time.monotonic() > self.deadline:
             self._hand_back("not sent: the claim ran out of time or was halted; due again now")
             return
-        if not self._lease_covers_a_request():
+        if not self._wait_for_request_slot() or not self._lease_covers_a_request():
             return
         started = self.ctx.clock()
         t0 = time.perf_counter()
         error: DeliveryError | None = None
         accepted: Accepted | None = None
         try:
-            accepted = self.ctx.client.track_json([event for _, event in items])
+            accepted = self.client.track_json([event for _, event in items])
         except DeliveryError as e:
             error = e
         duration_ms = round((time.perf_counter() - t0) * 1000)
@@ -156,9 +161,31 @@ class Claim:
             for item in items:
                 self._send([item])
 
+    def _wait_for_request_slot(self) -> bool:
+        """Take a slot of the account's request budget (SPOTLER_MAX_REQUESTS_PER_SECOND),
+        shared with every worker through the control row; False: the rows went back."""
+        rate = self.ctx.settings.max_requests_per_second
+        if not rate:
+            return True
+        # 10% headroom: requests start 1.1/rate apart, so network jitter between the start
+        # here and the arrival at Spotler cannot squeeze one more into any second.
+        interval = BUDGET_HEADROOM / rate
+        while True:
+            now = self.ctx.clock()
+            with self.ctx.engine.begin() as conn:
+                free_at = control.take_request_slot(conn, account=self.ctx.account, now=now,
+                                                    interval=interval)
+            if free_at is None:
+                return True
+            if time.monotonic() > self.deadline:
+                self._hand_back("not sent: the account's request budget left no slot before "
+                                "the claim ran out of time; due again now")
+                return False
+            time.sleep(min(max((free_at - now).total_seconds(), 0.005), 1.0))
+
     def _ask_verify_auth(self) -> Credentials:
         try:
-            self.ctx.client.verify_auth()
+            self.client.verify_auth()
         except DeliveryError:
             return Credentials.REFUSED
         return Credentials.WORK
@@ -215,7 +242,10 @@ class Claim:
             log.error("%d rows failed for good after their last attempt: %s", done.failed,
                       decision.reason)
         level = logging.INFO if decision.act is Act.DELIVER else logging.WARNING
-        log.log(level, "batch of %d events: %s, HTTP %s, %d ms", len(rows), decision.outcome,
+        # The default account's lines stay as they were; a store's name its account.
+        of = f" of account {self.ctx.account}" if self.ctx.account else ""
+        log.log(level, "batch of %d events%s: %s, HTTP %s, %d ms", len(rows), of,
+                decision.outcome,
                 record.http_status if record.http_status is not None else "-",
                 record.duration_ms)
 

@@ -18,12 +18,13 @@ Clock = Callable[[], dt.datetime]
 @dataclass(frozen=True)
 class DispatchContext:
     engine: Engine
-    client: SpotlerClient
+    client: SpotlerClient | None  # the claim's account's client (None outside a claim)
     settings: Settings
     policy: RetryPolicy
     clock: Clock
     jitter: Jitter
     worker_name: str
+    account: str = ""  # the account of the claim's rows, as they store it
 
 
 @dataclass
@@ -38,8 +39,8 @@ class DispatchReport:
     requests: int = 0
     lost_claims: int = 0
     batches: int = 0
-    paused: bool = False  # a 401/403 or a redirect stops every worker
-    rate_limited: bool = False  # a 429's Retry-After stops every worker
+    paused: bool = False  # a 401/403 or a redirect stops its account on every worker
+    rate_limited: bool = False  # a 429's Retry-After stops its account on every worker
     budget_spent: bool = False
 
     def add(self, other: DispatchReport) -> None:

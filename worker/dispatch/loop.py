@@ -9,6 +9,7 @@ after its lease expires, and Spotler's merge on orderid absorbs the repeat.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import random
@@ -17,14 +18,17 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from spotler_outbox.models import claims, control
+from spotler_outbox.models.accounts import shown_account
 from spotler_outbox.models.clock import utc_now
 from spotler_outbox.models.settings import Settings
 from spotler_outbox.worker.dispatch.batch import LEASE_MARGIN_SECONDS, Claim
 from spotler_outbox.worker.dispatch.context import Clock, DispatchContext, DispatchReport
 from spotler_outbox.worker.dispatch.retry_policy import Jitter, RetryPolicy
+from spotler_outbox.worker.spotler.accounts import AccountClients
 from spotler_outbox.worker.spotler.client import SpotlerClient
 from spotler_outbox.worker.spotler.errors import DeliveryError
 
@@ -33,9 +37,14 @@ log = logging.getLogger("spotler_outbox.dispatch")
 
 class Dispatcher:
     def __init__(
-        self, engine: Engine, client: SpotlerClient, settings: Settings, *,
+        self, engine: Engine, client: SpotlerClient | None, settings: Settings, *,
         worker_name: str = "worker", clock: Clock = utc_now, jitter: Jitter = random.random,
     ) -> None:
+        """`client` serves the default account (None: from the settings, if they name one);
+        the accounts of SPOTLER_ACCOUNTS_FILE get their own."""
+        if client is None and settings.account and settings.api_key:
+            client = SpotlerClient(settings)
+        self.clients = AccountClients(settings, default=client)
         self.ctx = DispatchContext(engine=engine, client=client, settings=settings,
                                    policy=RetryPolicy.from_settings(settings), clock=clock,
                                    jitter=jitter, worker_name=worker_name[:128])
@@ -46,7 +55,8 @@ class Dispatcher:
         return self.ctx.engine
 
     @property
-    def client(self) -> SpotlerClient:
+    def client(self) -> SpotlerClient | None:
+        """The default account's client."""
         return self.ctx.client
 
     @property
@@ -68,6 +78,8 @@ class Dispatcher:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="spotler-send") as senders:
             try:
                 while not self.stopping.is_set():
+                    # A paused or held account leaves the others to flow: only an empty claim
+                    # stops (the claim's account choice skips stopped accounts).
                     claim = self._claim_next(total, after=held[0] if held else None)
                     if claim is None:
                         break
@@ -79,8 +91,6 @@ class Dispatcher:
                     if not self._claims_ahead():
                         before, held = held, None
                         _settled(before, total)
-                    if total.paused or total.rate_limited:
-                        break  # the claim just made sees it and hands its rows back
                     if time.monotonic() >= deadline:
                         total.budget_spent = True
                         break
@@ -100,15 +110,38 @@ class Dispatcher:
         return settings.lease_seconds >= 2 * request + LEASE_MARGIN_SECONDS
 
     def _claim_next(self, total: DispatchReport, *, after: Claim | None) -> Claim | None:
-        """Claim a batch (None: nothing due, or dispatch is paused or rate limited)."""
+        """Claim a batch (None: nothing due for an account that may send)."""
         report = DispatchReport()
         claim = self._claim(report, after=after)
         if claim is None:
             total.add(report)
         return claim
 
+    def sendable_accounts(self, conn: sa.Connection, now: dt.datetime,
+                          report: DispatchReport | None = None) -> list[str]:
+        """Accounts with credentials that are neither paused nor held, in a random order: each
+        claim reads one account's rows, so a stopped account's rows are never read at all."""
+        self.clients.refresh()
+        states = control.read_controls(conn)
+        sendable = []
+        for account in self.clients.accounts:
+            state = states.get(account, control.NO_CONTROL)
+            if state.paused:
+                if report is not None:
+                    report.paused = True
+            elif state.rate_limited(now):
+                if report is not None:
+                    report.rate_limited = True
+            else:
+                sendable.append(account)
+        random.shuffle(sendable)  # fair between accounts, whichever has the older backlog
+        # The default account spelled out by its id (plain SQL) is rare: asked last, so that
+        # a one-account outbox does not pay an empty claim for it on half its batches.
+        named_default = [a for a in sendable if a and a == self.settings.account]
+        return [a for a in sendable if a not in named_default] + named_default
+
     def run_once(self) -> DispatchReport:
-        """Claim one batch and settle every row of it."""
+        """Claim one batch of one account and settle every row of it."""
         report = DispatchReport()
         claim = self._claim(report)
         if claim is not None:
@@ -119,48 +152,64 @@ class Dispatcher:
         now = self.ctx.clock()
         token = uuid.uuid4().hex
         lease_until = now + dt.timedelta(seconds=self.settings.lease_seconds)
+        rows: list[claims.ClaimedRow] = []
         with self.engine.begin() as conn:
-            state = control.read_control(conn)
-            if state.paused:
-                report.paused = True
-                return None
-            if state.rate_limited(now):
-                report.rate_limited = True
-                return None
-            rows = claims.claim_due(conn, limit=self.settings.batch_size, token=token, now=now,
-                                    lease_until=lease_until)
+            for account in self.sendable_accounts(conn, now, report):
+                client = self.clients.client_for(account)
+                if client is None:
+                    continue
+                rows = claims.claim_due(conn, limit=self.settings.batch_size, token=token,
+                                        now=now, lease_until=lease_until, account=account)
+                if rows:
+                    break
         report.claimed = len(rows)
         if not rows:
             return None
+        report.paused = report.rate_limited = False  # of other accounts: not this run's
         report.batches = 1
-        return Claim(self.ctx, token, lease_until, report, rows, after=after,
-                     stopping=self.stopping)
+        ctx = dataclasses.replace(self.ctx, account=account, client=client)
+        return Claim(ctx, token, lease_until, report, rows, after=after, stopping=self.stopping)
 
     def has_due_rows(self) -> bool:
-        with self.engine.begin() as conn:
-            return claims.any_due(conn, self.ctx.clock())
-
-    def recheck_credentials(self) -> bool | None:
-        """While paused, ask verifyAuth when the check is due. True: resumed; None: not due."""
+        """Whether an account that may send now has due rows."""
         now = self.ctx.clock()
         with self.engine.begin() as conn:
-            state = control.read_control(conn)
-        if not state.paused:
-            return True
+            return claims.any_due(conn, now, self.sendable_accounts(conn, now))
+
+    def recheck_credentials(self) -> bool | None:
+        """Ask verifyAuth for each paused account whose check is due, and resume those it
+        accepts. True: no account stays paused; False: one was refused again; None: the
+        paused ones are not due for a check yet."""
+        now = self.ctx.clock()
+        self.clients.refresh()
+        with self.engine.begin() as conn:
+            paused = {a: s for a, s in control.read_controls(conn).items() if s.paused}
+        result: bool | None = True
+        for account, state in sorted(paused.items()):
+            checked = self._recheck(account, state, now)
+            if checked is False or (checked is None and result is True):
+                result = checked
+        return result
+
+    def _recheck(self, account: str, state: control.Control, now: dt.datetime) -> bool | None:
         if state.next_auth_check_at is not None and state.next_auth_check_at > now:
             return None
+        client = self.clients.client_for(account)
+        if client is None:
+            return None  # no credentials for it any more: nothing can be sent either way
+        name = shown_account(account, self.settings)
         check_at = now + dt.timedelta(seconds=self.settings.auth_recheck_interval)
         try:
-            self.client.verify_auth()
+            client.verify_auth()
         except DeliveryError as e:
             with self.engine.begin() as conn:
-                control.schedule_auth_check(conn, now=now, check_at=check_at)
-            log.error("dispatch still paused: %s; next credential check at %s",
-                      e, check_at.isoformat(timespec="seconds"))
+                control.schedule_auth_check(conn, now=now, check_at=check_at, account=account)
+            log.error("dispatch for account %s still paused: %s; next credential check at %s",
+                      name, e, check_at.isoformat(timespec="seconds"))
             return False
         with self.engine.begin() as conn:
-            control.resume(conn, now=now)
-        log.warning("credentials verified again: dispatch resumed")
+            control.resume(conn, now=now, account=account)
+        log.warning("credentials of account %s verified again: its dispatch resumed", name)
         return True
 
 

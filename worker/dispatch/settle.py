@@ -37,14 +37,14 @@ def write_answer(
             done.lost_claims += len(ids) - marked
         case Act.PAUSE:
             check_at = now + dt.timedelta(seconds=ctx.settings.auth_recheck_interval)
-            control.pause(conn, reason=reason, now=now, check_at=check_at)
+            control.pause(conn, reason=reason, now=now, check_at=check_at, account=ctx.account)
             done.released += claims.release(conn, token=token, now=now, ids=ids,
                                             note=f"not sent: dispatch paused ({reason})")
             done.paused = True
         case Act.HOLD:
             wait = ctx.policy.hold_seconds(decision.retry_after, ctx.jitter)
             not_before = now + dt.timedelta(seconds=wait)
-            control.hold_until(conn, now=now, not_before=not_before)
+            control.hold_until(conn, now=now, not_before=not_before, account=ctx.account)
             done.released += claims.release(conn, token=token, now=now, ids=ids,
                                             not_before=not_before, note=reason)
             done.rate_limited = True

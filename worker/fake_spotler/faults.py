@@ -62,6 +62,8 @@ class Faults:
     trickle_next: int = 0
     trickle_seconds: float = 30.0
     seed: int | None = None
+    # The faults hit the requests of these accounts (X-AUTH-ACCOUNT) only; empty: every one.
+    only_accounts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in _RATES:
@@ -95,6 +97,11 @@ class Faults:
                 raise ValueError(f"fault {name}: must be a list of orderids, got {orderids!r}")
             # Orderids may arrive as JSON numbers; Spotler reads them as strings.
             setattr(self, name, [str(o) for o in orderids])
+        accounts: Any = self.only_accounts
+        if not isinstance(accounts, list | tuple) or not all(isinstance(a, str) for a in accounts):
+            raise ValueError(f"fault only_accounts: must be a list of account ids, "
+                             f"got {accounts!r}")
+        self.only_accounts = list(accounts)
 
     def _number(self, name: str, *, upper: float | None) -> None:
         value = getattr(self, name)
@@ -124,7 +131,8 @@ class Faults:
 
     def copy(self) -> Faults:
         return dataclasses.replace(self, reject_orderids=list(self.reject_orderids),
-                                   partial_orderids=list(self.partial_orderids))
+                                   partial_orderids=list(self.partial_orderids),
+                                   only_accounts=list(self.only_accounts))
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,11 @@ class ActiveFaults:
         self._random = random.Random(faults.seed)
         seconds = faults.rate_limit_seconds
         self._rate_limited_until = time.monotonic() + seconds if seconds else 0.0
+
+    def applies_to(self, account: str | None) -> bool:
+        """Whether the faults hit a request made with this X-AUTH-ACCOUNT."""
+        only = self.faults.only_accounts
+        return not only or account in only
 
     def refusal(self, *, credentials_ok: bool) -> Reply | None:
         """The answer before any work is done: a redirect, auth failure, then the rate limit."""

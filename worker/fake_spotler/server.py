@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, cast
 from urllib.parse import parse_qs
 
 from spotler_outbox.worker.fake_spotler.faults import (
+    UNAUTHORISED,
     ActiveFaults,
     Faults,
     Reply,
@@ -45,10 +46,15 @@ class FakeSpotler:
 
     def __init__(
         self, account: str = "demo-account", api_key: str = "demo-key",
-        faults: Faults | None = None,
+        faults: Faults | None = None, *, account_field: str | None = None,
     ) -> None:
         self._lock = threading.Lock()
-        self._account = self._api_key = ""
+        self._keys: dict[str, str] = {}  # account -> api key: one Spotler account per store
+        # The event field that names the account an event belongs to (test data carries it):
+        # an event sent with another account's headers is refused and counted.
+        self.account_field = account_field
+        self._misdirected = 0
+        self._per_account: dict[str, dict[str, int]] = {}
         self._active = ActiveFaults(faults or Faults())
         self._counts: dict[str, int] = {}
         self._payloads: dict[str, list[Any]] = {}
@@ -57,14 +63,27 @@ class FakeSpotler:
         self.set_credentials(account, api_key)
 
     def __repr__(self) -> str:
-        # Deliberately without the API key: reprs end up in logs and assertion messages.
-        return f"FakeSpotler(account={self._account!r}, events={self._total_events})"
+        # Deliberately without the API keys: reprs end up in logs and assertion messages.
+        return f"FakeSpotler(accounts={sorted(self._keys)!r}, events={self._total_events})"
 
     def set_credentials(self, account: str, api_key: str) -> None:
+        """Make `account` the one account, with `api_key`."""
+        self.set_accounts({account: api_key})
+
+    def set_accounts(self, keys: dict[str, str]) -> None:
+        """Replace every account: {"<account id>": "<api key>", ...}."""
+        if not keys or not all(isinstance(a, str) and a and isinstance(k, str) and k
+                               for a, k in keys.items()):
+            raise ValueError("account and api_key must be non-empty strings")
+        with self._lock:
+            self._keys = dict(keys)
+
+    def set_account_key(self, account: str, api_key: str) -> None:
+        """Add `account`, or change its key; the other accounts stay."""
         if not (isinstance(account, str) and account and isinstance(api_key, str) and api_key):
             raise ValueError("account and api_key must be non-empty strings")
         with self._lock:
-            self._account, self._api_key = account, api_key
+            self._keys[account] = api_key
 
     @property
     def faults(self) -> Faults:
@@ -81,6 +100,8 @@ class FakeSpotler:
         """Forget every request and every fault; the credentials stay."""
         with self._lock:
             self._counts.clear()
+            self._per_account.clear()
+            self._misdirected = 0
             self._payloads.clear()
             self._log.clear()
             self._total_events = 0
@@ -92,13 +113,21 @@ class FakeSpotler:
             return {"total_events": self._total_events, "requests": len(self._log),
                     "orderids": dict(self._counts)}
 
+    def received_by_account(self) -> dict[str, Any]:
+        """Accepted events counted per account (its X-AUTH-ACCOUNT) and orderid, and the events
+        refused because they came with another account's headers (see account_field)."""
+        with self._lock:
+            return {"accounts": {a: dict(c) for a, c in self._per_account.items()},
+                    "misdirected_events": self._misdirected}
+
     def events_for(self, orderid: str) -> list[Any]:
         """The accepted payloads for `orderid`, as they arrived, oldest first."""
         with self._lock:
             return list(self._payloads.get(orderid, ()))
 
     def request_log(self) -> list[dict[str, Any]]:
-        """Per track request: {"at": epoch seconds, "status": int, "events": events in it}.
+        """Per track request: {"at": epoch seconds of the answer, "arrived": of the arrival,
+        "account": its X-AUTH-ACCOUNT, "status": int, "events": events in it}.
 
         A trickled answer adds "trickled": True, "completed" (whether its last byte was
         written; None while it is still being written) and "ended" (epoch seconds).
@@ -108,43 +137,60 @@ class FakeSpotler:
 
     def verify_auth(self, account: str | None, api_key: str | None) -> Reply:
         with self._lock:
-            ok = not self._active.faults.auth_failure and self._credentials_ok(account, api_key)
+            refused = self._active.faults.auth_failure and self._active.applies_to(account)
+            ok = not refused and self._credentials_ok(account, api_key)
         return Reply(200 if ok else 401, {"verified": ok})
 
     def track(
         self, account: str | None, api_key: str | None, body: bytes,
         sleep: Callable[[float], object] = time.sleep,
     ) -> Reply:
-        """Answer one POST /v1/track, applying the faults in their documented order."""
+        """Answer one POST /v1/track, applying the faults in their documented order; faults
+        limited to other accounts (only_accounts) leave this request alone."""
+        arrived = time.time()
         # Parsed up front so every log entry can count the events, even of a refused request.
         events, shape_problem = parse_track_body(body)
         count = len(events)
+        seen = {"arrived": arrived, "account": account}
         with self._lock:
-            refusal = self._active.refusal(credentials_ok=self._credentials_ok(account, api_key))
-            if refusal is not None:
-                return self._logged(refusal, count)
-            delay = self._active.delay()
+            active = self._active if self._active.applies_to(account) else None
+            credentials_ok = self._credentials_ok(account, api_key)
+            if active is None:
+                if not credentials_ok:
+                    return self._logged(UNAUTHORISED, count, seen)
+                delay = 0.0
+            else:
+                refusal = active.refusal(credentials_ok=credentials_ok)
+                if refusal is not None:
+                    return self._logged(refusal, count, seen)
+                delay = active.delay()
         # Outside the lock: one slow request must not stall the other connections. A sleep cut
         # short by stop() answers nothing: a stopped fake must not go on recording events.
         if delay > 0 and sleep(delay) is True:
-            return self._finish(Reply(503, {"success": False, "errors": ["stopping"]}), count)
-        with self._lock:
-            active = self._active
-            failure = active.failure()
-            if failure is not None:
-                return self._logged(failure, count)
-            rejections = active.rejections(events)
-            kept = active.accepted(count)
+            return self._finish(Reply(503, {"success": False, "errors": ["stopping"]}), count,
+                                seen)
+        rejections: list[dict[str, Any]] = []
+        kept = count
+        if active is not None:
+            with self._lock:
+                failure = active.failure()
+                if failure is not None:
+                    return self._logged(failure, count, seen)
+                rejections = active.rejections(events)
+                kept = active.accepted(count)
         if shape_problem is not None:
-            return self._finish(Reply(400, {"success": False, "errors": [shape_problem]}), count)
+            return self._finish(Reply(400, {"success": False, "errors": [shape_problem]}), count,
+                                seen)
         if rejections:
+            assert active is not None
             return self._finish(Reply(active.faults.reject_status,
-                                      {"success": False, "errors": rejections}), count)
+                                      {"success": False, "errors": rejections}), count, seen)
         orderids, errors = validate_batch(events)
-        if errors:
-            return self._finish(Reply(400, {"success": False, "errors": errors}), count)
         with self._lock:
-            left_out = active.left_out(orderids)
+            errors += self._misdirected_errors(account, events)
+            left_out = active.left_out(orderids) if active is not None else set()
+        if errors:
+            return self._finish(Reply(400, {"success": False, "errors": errors}), count, seen)
         taken = [(orderid, event) for orderid, event in zip(orderids[:kept], events[:kept],
                                                             strict=True)
                  if orderid not in left_out]
@@ -153,45 +199,64 @@ class FakeSpotler:
                                                                "partial_orderids)"]}
                              for orderid in sorted(left_out)]}
         with self._lock:
-            trickle = active.trickle()
+            trickle = active.trickle() if active is not None else 0
             if not trickle:
-                self._record(taken)
-                return self._logged(Reply(200, answer), count)
+                self._record(taken, account)
+                return self._logged(Reply(200, answer), count, seen)
             entry = {"at": time.time(), "status": 200, "events": count, "trickled": True,
-                     "completed": None, "ended": None}
+                     "completed": None, "ended": None, **seen}
             self._log.append(entry)
 
         def sent(completed: bool) -> None:
             with self._lock:
                 entry.update(completed=completed, ended=time.time())
                 if completed:
-                    self._record(taken)
+                    self._record(taken, account)
 
         return Reply(200, answer, trickle_seconds=trickle, on_sent=sent)
 
-    def _record(self, taken: list[tuple[str, Any]]) -> None:
-        """Count accepted events; the caller holds the lock."""
+    def _record(self, taken: list[tuple[str, Any]], account: str | None) -> None:
+        """Count accepted events, also per account; the caller holds the lock."""
+        per_account = self._per_account.setdefault(account or "", {})
         for orderid, payload in taken:
             self._counts[orderid] = self._counts.get(orderid, 0) + 1
+            per_account[orderid] = per_account.get(orderid, 0) + 1
             self._payloads.setdefault(orderid, []).append(payload)
         self._total_events += len(taken)
 
-    def _credentials_ok(self, account: str | None, api_key: str | None) -> bool:
-        # compare_digest so that even the fake does not teach a timing side channel by example.
-        return (
-            account is not None and api_key is not None
-            and hmac.compare_digest(account.encode(), self._account.encode())
-            and hmac.compare_digest(api_key.encode(), self._api_key.encode())
-        )
+    def _misdirected_errors(self, account: str | None,
+                            events: list[Any]) -> list[dict[str, Any]]:
+        """An error per event that names another account than the request's headers; the
+        caller holds the lock."""
+        field = self.account_field
+        if field is None:
+            return []
+        errors = []
+        for index, event in enumerate(events):
+            owner = event.get(field) if isinstance(event, dict) else None
+            if owner != account:
+                self._misdirected += 1
+                errors.append({"index": index, "problems": [
+                    f"{field}: the event belongs to account {owner!r} but came with the "
+                    f"credentials of account {account!r}"]})
+        return errors
 
-    def _logged(self, reply: Reply, count: int) -> Reply:
+    def _credentials_ok(self, account: str | None, api_key: str | None) -> bool:
+        if account is None or api_key is None:
+            return False
+        # compare_digest so that even the fake does not teach a timing side channel by example.
+        expected = self._keys.get(account, "")
+        return bool(expected) and hmac.compare_digest(api_key.encode(), expected.encode())
+
+    def _logged(self, reply: Reply, count: int, seen: dict[str, Any] | None = None) -> Reply:
         """Append to the request log; the caller holds the lock."""
-        self._log.append({"at": time.time(), "status": reply.status, "events": count})
+        self._log.append({"at": time.time(), "status": reply.status, "events": count,
+                          **(seen or {})})
         return reply
 
-    def _finish(self, reply: Reply, count: int) -> Reply:
+    def _finish(self, reply: Reply, count: int, seen: dict[str, Any]) -> Reply:
         with self._lock:
-            return self._logged(reply, count)
+            return self._logged(reply, count, seen)
 
 
 class _Request(NamedTuple):
@@ -225,6 +290,12 @@ def _set_credentials(state: FakeSpotler, request: _Request) -> Reply:
     return Reply(200, {"account": doc["account"]})
 
 
+def _set_accounts(state: FakeSpotler, request: _Request) -> Reply:
+    doc = _json_object(request.body)
+    state.set_accounts(doc)
+    return Reply(200, {"accounts": sorted(doc)})
+
+
 def _events(state: FakeSpotler, request: _Request) -> Reply:
     if "orderid" not in request.query:
         raise ValueError("the orderid query parameter is required")
@@ -252,11 +323,14 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("POST", "/v1/track"): _track,
     ("POST", "/v1/verifyAuth"): _verify_auth,
     ("GET", "/_fake/received"): lambda state, _: Reply(200, state.received()),
+    ("GET", "/_fake/received_by_account"):
+        lambda state, _: Reply(200, state.received_by_account()),
     ("GET", "/_fake/events"): _events,
     ("GET", "/_fake/requests"): lambda state, _: Reply(200, state.request_log()),
     ("GET", "/_fake/faults"): lambda state, _: Reply(200, state.faults.to_dict()),
     ("POST", "/_fake/faults"): _set_faults,
     ("POST", "/_fake/credentials"): _set_credentials,
+    ("POST", "/_fake/accounts"): _set_accounts,
     ("POST", "/_fake/reset"): _reset,
 }
 
@@ -436,9 +510,17 @@ class RunningFakeApi:
 def start_fake_api(
     host: str = "127.0.0.1", port: int = 0, *, account: str = "demo-account",
     api_key: str = "demo-key", faults: Faults | None = None,
+    accounts: dict[str, str] | None = None, account_field: str | None = None,
 ) -> RunningFakeApi:
-    """Serve in a daemon thread; port 0 picks a free port, read it from `.url`."""
-    server = _Server(host, port, FakeSpotler(account, api_key, faults))
+    """Serve in a daemon thread; port 0 picks a free port, read it from `.url`.
+
+    `accounts` ({"<account id>": "<api key>"}) serves several accounts instead of one;
+    `account_field` names the event field that says which account an event belongs to.
+    """
+    state = FakeSpotler(account, api_key, faults, account_field=account_field)
+    if accounts:
+        state.set_accounts(accounts)
+    server = _Server(host, port, state)
     # A short poll interval keeps stop() quick: every test fixture pays it at teardown.
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               name=f"fake-spotler-{server.server_port}", daemon=True)
@@ -449,10 +531,14 @@ def start_fake_api(
 def run_fake_api(
     host: str = "127.0.0.1", port: int = 0, *, account: str = "demo-account",
     api_key: str = "demo-key", faults: Faults | None = None,
-    announce: Callable[[str], None] | None = None,
+    announce: Callable[[str], None] | None = None, accounts: dict[str, str] | None = None,
 ) -> None:
-    """Serve in the foreground until Ctrl-C or SIGTERM; says its URL once, through `announce`."""
-    server = _Server(host, port, FakeSpotler(account, api_key, faults))
+    """Serve in the foreground until Ctrl-C or SIGTERM; says its URL once, through `announce`.
+    `accounts` ({"<account id>": "<api key>"}) are served beside `account`."""
+    state = FakeSpotler(account, api_key, faults)
+    if accounts:
+        state.set_accounts({account: api_key, **accounts})
+    server = _Server(host, port, state)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main_thread else None
     try:

@@ -139,10 +139,18 @@ class SpotlerClient:
     retry, no proxy or CA from the environment.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, account: str | None = None,
+                 api_key: str | None = None) -> None:
+        """The account of `settings`, or `account` with its `api_key` (another store's)."""
         self.base_url = check_api_url(settings.api_url)
-        if not settings.account or not settings.api_key:
-            raise ConfigurationError("SPOTLER_ACCOUNT and SPOTLER_API_KEY must both be set")
+        if account is None:
+            account, api_key = settings.account, settings.api_key
+            if not account or not api_key:
+                raise ConfigurationError("SPOTLER_ACCOUNT and SPOTLER_API_KEY must both be set")
+        if not account or not api_key:
+            raise ConfigurationError(f"account {account!r}: an account id and an api key "
+                                     "are both needed")
+        self.account = account
         self.timeout = urllib3.Timeout(connect=settings.connect_timeout,
                                        read=settings.read_timeout)
         # The whole request, connect to last byte: the claim renews its lease to cover this.
@@ -150,8 +158,8 @@ class SpotlerClient:
         parts = urlsplit(self.base_url)
         self._prefix = parts.path
         headers = {
-            "X-AUTH-ACCOUNT": settings.account,
-            "X-AUTH-APIKEY": settings.api_key,
+            "X-AUTH-ACCOUNT": account,
+            "X-AUTH-APIKEY": api_key,
             "User-Agent": USER_AGENT,
             "Content-Type": "application/json",
             "Accept": "application/json",
