@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from spotler_outbox.models.settings import reset_settings
 from spotler_outbox.worker.fake_spotler.server import RunningFakeApi, start_fake_api
 from tests.integration.fixtures import ACCOUNT, API_KEY
 from tests.integration.workers import redis_or_skip
@@ -25,3 +26,13 @@ def broker() -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.flushdb()
+
+
+@pytest.fixture
+def cli_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The CLI pointed at the test database; wake-ups off (a CLI test needs no worker)."""
+    monkeypatch.setenv("OUTBOX_DATABASE_URL", database_url)
+    monkeypatch.setenv("OUTBOX_WAKEUP", "false")
+    reset_settings()
+    yield database_url
+    reset_settings()

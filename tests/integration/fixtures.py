@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 from spotler_outbox import enqueue_purchase
 from spotler_outbox.models.settings import Settings
 from spotler_outbox.models.tables import OutboxEvent
+from spotler_outbox.worker.console.cli import main
 from tests.conftest import purchase
 
 ACCOUNT = "test-account"
@@ -66,3 +68,10 @@ def seed_row(engine: Engine, orderid: str, **values: Any) -> int:
             conn.execute(sa.update(table).where(table.c.orderid == orderid).values(values))
         return int(conn.execute(sa.select(table.c.id).where(table.c.orderid == orderid))
                    .scalar_one())
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run `spotler-outbox ARGV` in this process: exit code, stdout, stderr."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

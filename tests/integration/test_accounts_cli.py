@@ -16,27 +16,21 @@ from sqlalchemy.orm import Session
 from spotler_outbox.models.enqueue import enqueue_purchase
 from spotler_outbox.models.settings import Settings, reset_settings
 from spotler_outbox.models.tables import events
-from spotler_outbox.worker.console.cli import main
 from spotler_outbox.worker.fake_spotler.server import start_fake_api
 from tests.conftest import purchase
+from tests.integration.fixtures import run_cli
 
 DEFAULT = "shop-nl"
 
 
 @pytest.fixture
-def cli_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("OUTBOX_DATABASE_URL", database_url)
-    monkeypatch.setenv("OUTBOX_WAKEUP", "false")
+def cli_env(cli_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The shared CLI set-up, with a default account named."""
     monkeypatch.setenv("SPOTLER_ACCOUNT", DEFAULT)
     reset_settings()
-    yield database_url
+    yield cli_env
     reset_settings()
 
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def seed(engine: Engine, account: str | None, *orderids: str, **values: Any) -> None:
@@ -61,13 +55,13 @@ def test_show_of_an_orderid_two_stores_share_asks_for_the_account(
 ) -> None:
     seed(engine, None, "7")
     seed(engine, "shop-be", "7", status="failed", last_error="rejected")
-    code, _, err = run(capsys, "show", "7")
+    code, _, err = run_cli(capsys, "show", "7")
     assert code == 2 and "name one with --account" in err
-    code, out, _ = run(capsys, "show", "7", "--account", "shop-be")
+    code, out, _ = run_cli(capsys, "show", "7", "--account", "shop-be")
     assert code == 0 and "account       shop-be" in out and "failed" in out
-    code, out, _ = run(capsys, "show", "7", "--account", DEFAULT)  # the default, by its name
+    code, out, _ = run_cli(capsys, "show", "7", "--account", DEFAULT)  # the default, by its name
     assert code == 0 and "pending" in out
-    code, _, err = run(capsys, "show", "7", "--account", "shop-de")
+    code, _, err = run_cli(capsys, "show", "7", "--account", "shop-de")
     assert code == 3 and "of account 'shop-de'" in err
 
 
@@ -78,19 +72,19 @@ def test_list_status_retry_and_purge_keep_to_the_account_given(
     for account in (None, "shop-be"):
         seed(engine, account, "F-1", status="failed", last_error="rejected")
         seed(engine, account, "D-1", status="delivered", delivered_at=old)
-    code, out, _ = run(capsys, "list", "--account", "shop-be")
+    code, out, _ = run_cli(capsys, "list", "--account", "shop-be")
     assert code == 0 and out.count("shop-be") == 2 and "(default)" not in out
-    code, out, _ = run(capsys, "status")
+    code, out, _ = run_cli(capsys, "status")
     assert "shop-be" in out and f"{DEFAULT} (default)" in out
 
-    assert run(capsys, "retry", "F-1", "--account", "shop-be")[0] == 0
-    assert run(capsys, "purge", "--delivered-before", "30d", "--account", "shop-be")[0] == 0
+    assert run_cli(capsys, "retry", "F-1", "--account", "shop-be")[0] == 0
+    assert run_cli(capsys, "purge", "--delivered-before", "30d", "--account", "shop-be")[0] == 0
     assert state(engine) == {("", "F-1", "failed"), ("", "D-1", "delivered"),
                              ("shop-be", "F-1", "pending"), ("shop-be", "D-1", "delivered")}
     with engine.connect() as conn:  # purge compacts (retention): only shop-be's row
         purged = conn.execute(sa.select(events.c.account).where(events.c.purged_at.is_not(None)))
         assert [r.account for r in purged] == ["shop-be"]
-    assert run(capsys, "retry", "--all-failed", "--yes", "--account", DEFAULT)[0] == 0
+    assert run_cli(capsys, "retry", "--all-failed", "--yes", "--account", DEFAULT)[0] == 0
     assert ("", "F-1", "pending") in state(engine)
 
 
@@ -100,7 +94,7 @@ def test_resend_of_a_shared_orderid_resends_only_the_account_named(
     now = dt.datetime.now(dt.UTC)
     seed(engine, None, "R-1", status="delivered", delivered_at=now)
     seed(engine, "shop-be", "R-1", status="delivered", delivered_at=now)
-    assert run(capsys, "resend", "R-1", "--yes", "--account", "shop-be")[0] == 0
+    assert run_cli(capsys, "resend", "R-1", "--yes", "--account", "shop-be")[0] == 0
     assert state(engine) == {("", "R-1", "delivered"), ("shop-be", "R-1", "pending")}
 
 
@@ -114,7 +108,7 @@ def test_import_puts_each_order_in_the_account_of_its_column(
         ",1,bob@example.com,SKU-2,1\n"
         "shop-be,1,ann@example.com,SKU-3,2\n"
         "shop-nl,2,cy@example.com,SKU-4,1\n", encoding="utf-8")
-    code, out, _ = run(capsys, "import", str(path))
+    code, out, _ = run_cli(capsys, "import", str(path))
     assert (code, out.splitlines()[0]) == (0, "enqueued 3, already present 0, refused 0")
     assert state(engine) == {("shop-be", "1", "pending"), ("", "1", "pending"),
                              ("", "2", "pending")}
@@ -123,7 +117,7 @@ def test_import_puts_each_order_in_the_account_of_its_column(
                      '"orderid": "2", "products": [{"id": "S", "quantity": 1}]}\n'
                      '{"account": 5, "event": "Purchase", "email": "a@example.com", '
                      '"orderid": "3", "products": [{"id": "S", "quantity": 1}]}\n')
-    code, out, _ = run(capsys, "import", str(lines))
+    code, out, _ = run_cli(capsys, "import", str(lines))
     assert code == 1 and "line 2: account: must be a string" in out
     assert ("shop-be", "2", "pending") in state(engine)
 
@@ -138,8 +132,8 @@ def test_check_of_an_account_uses_its_key_from_the_accounts_file(
                             ("SPOTLER_ACCOUNTS_FILE", str(accounts))):
             monkeypatch.setenv(name, value)
         reset_settings()
-        code, out, err = run(capsys, "check", "--account", "shop-be")
+        code, out, err = run_cli(capsys, "check", "--account", "shop-be")
         assert code == 0 and "account shop-be" in out and "verifyAuth: OK" in out
         assert "be-check-key" not in out + err
-        code, _, err = run(capsys, "check", "--account", "shop-de")
+        code, _, err = run_cli(capsys, "check", "--account", "shop-de")
         assert code == 2 and "'shop-de' has no credentials" in err

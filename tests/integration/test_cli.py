@@ -18,28 +18,12 @@ from spotler_outbox.models.claims import AttemptRecord, ClaimedRow
 from spotler_outbox.models.enqueue import enqueue_purchase
 from spotler_outbox.models.settings import Settings, reset_settings
 from spotler_outbox.models.tables import Status
-from spotler_outbox.worker.console.cli import main
 from spotler_outbox.worker.fake_spotler.server import RunningFakeApi, start_fake_api
 from tests.conftest import purchase
+from tests.integration.fixtures import run_cli
 
 events = tables.events
 ACCOUNT, API_KEY = "acct-cli", "cli-key-that-must-never-show"
-
-
-@pytest.fixture
-def cli_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("OUTBOX_DATABASE_URL", database_url)
-    # Wake-ups would go to whatever Redis runs here; the CLI tests do not need a worker.
-    monkeypatch.setenv("OUTBOX_WAKEUP", "false")
-    reset_settings()
-    yield database_url
-    reset_settings()
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def seed(engine: Engine, *orderids: str, **values: Any) -> None:
@@ -74,13 +58,13 @@ def test_status_counts_rows_per_status_in_text_and_json(
     seed(engine, "D-1", **delivered())
     seed(engine, "F-1", status=Status.FAILED.value, last_error="gave up")
 
-    code, out, _ = run(capsys, "status")
+    code, out, _ = run_cli(capsys, "status")
     assert code == 0
     assert [line.split() for line in out.splitlines()[1:5]] == [
         ["pending", "2"], ["in_flight", "0"], ["delivered", "1"], ["failed", "1"]]
     assert "Dispatch:            running" in out
 
-    code, out, _ = run(capsys, "status", "--json")
+    code, out, _ = run_cli(capsys, "status", "--json")
     report = json.loads(out)
     assert report["counts"] == {"pending": 2, "in_flight": 0, "delivered": 1, "failed": 1}
     assert report["oldest_due_orderid"] in ("P-1", "P-2")
@@ -97,7 +81,7 @@ def test_status_shows_a_pause_with_its_reason(
     with engine.begin() as conn:
         control.pause(conn, reason="Spotler refused the credentials (HTTP 401)", now=now(),
                     check_at=now())
-    code, out, _ = run(capsys, "status")
+    code, out, _ = run_cli(capsys, "status")
     assert code == 0
     assert "PAUSED since" in out and "HTTP 401" in out
 
@@ -110,20 +94,20 @@ def test_list_filters_by_status_orderid_pattern_and_age(
          last_error="Spotler rejected the request (HTTP 400): " + "x" * 200)
     seed(engine, "OLD-1", created_at=now() - dt.timedelta(hours=3))
 
-    code, out, _ = run(capsys, "list", "--status", "failed")
+    code, out, _ = run_cli(capsys, "list", "--status", "failed")
     assert code == 0
     header, *lines = out.splitlines()
     assert header.split()[:4] == ["ID", "ORDERID", "STATUS", "ATTEMPTS"]
     assert len(lines) == 1 and "F-1" in lines[0] and "400" in lines[0]
     assert lines[0].endswith("...")  # the long error is cut
 
-    _, out, _ = run(capsys, "list", "--orderid", "A-*")
+    _, out, _ = run_cli(capsys, "list", "--orderid", "A-*")
     assert [line.split()[1] for line in out.splitlines()[1:]] == ["A-1", "A-2"]
 
-    _, out, _ = run(capsys, "list", "--older-than", "2h")
+    _, out, _ = run_cli(capsys, "list", "--older-than", "2h")
     assert [line.split()[1] for line in out.splitlines()[1:]] == ["OLD-1"]
 
-    _, out, _ = run(capsys, "list", "--limit", "2")
+    _, out, _ = run_cli(capsys, "list", "--limit", "2")
     assert "showing 2 of 5 matching orders" in out
 
 
@@ -137,7 +121,7 @@ def test_show_masks_the_email_and_lists_every_attempt(
             record = AttemptRecord(now(), 40, 7, status, outcome, None, "excerpt", "w1")
             claims.record_attempt(conn, record, [ClaimedRow(event_id, "S-1", "{}", number, now())])
 
-    code, out, _ = run(capsys, "show", "S-1")
+    code, out, _ = run_cli(capsys, "show", "S-1")
     assert code == 0
     assert "jane.doe@example.com" not in out
     assert '"email": "j***@***"' in out
@@ -151,7 +135,7 @@ def test_show_masks_the_email_and_lists_every_attempt(
 def test_show_of_an_unknown_order_exits_3_with_one_line(
     cli_env: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(capsys, "show", "NOPE-1")
+    code, out, err = run_cli(capsys, "show", "NOPE-1")
     assert code == 3
     assert out == ""
     assert err == "spotler-outbox: error: no order 'NOPE-1' in the outbox\n"
@@ -162,7 +146,7 @@ def test_retry_makes_a_failed_order_pending_due_now_with_attempts_reset(
 ) -> None:
     later = now() + dt.timedelta(days=1)
     seed(engine, "F-1", "F-2", status=Status.FAILED.value, attempts=17, next_attempt_at=later)
-    code, out, _ = run(capsys, "retry", "F-1")
+    code, out, _ = run_cli(capsys, "retry", "F-1")
     assert code == 0 and "pending again" in out
     retried = row(engine, "F-1")
     assert (retried.status, retried.attempts) == ("pending", 0)
@@ -174,7 +158,7 @@ def test_retry_of_a_delivered_order_is_refused_and_changes_nothing(
     cli_env: str, engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     seed(engine, "D-1", **delivered())
-    code, _, err = run(capsys, "retry", "D-1")
+    code, _, err = run_cli(capsys, "retry", "D-1")
     assert code == 1
     assert "is delivered, not failed" in err and len(err.splitlines()) == 1
     assert row(engine, "D-1").status == "delivered"
@@ -186,11 +170,11 @@ def test_retry_all_failed_asks_first_and_refuses_without_a_terminal_unless_yes(
     seed(engine, "F-1", "F-2", status=Status.FAILED.value, attempts=5)
     seed(engine, "P-1")
 
-    code, _, err = run(capsys, "retry", "--all-failed")
+    code, _, err = run_cli(capsys, "retry", "--all-failed")
     assert code == 2 and "pass --yes" in err
     assert row(engine, "F-1").status == "failed"
 
-    code, out, _ = run(capsys, "retry", "--all-failed", "--yes")
+    code, out, _ = run_cli(capsys, "retry", "--all-failed", "--yes")
     assert code == 0 and out.startswith("2 failed orders are pending again")
     assert {row(engine, o).status for o in ("F-1", "F-2", "P-1")} == {"pending"}
 
@@ -199,10 +183,10 @@ def test_resend_records_an_operator_resend_of_a_delivered_order(
     cli_env: str, engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     seed(engine, "D-1", "D-2", **delivered())
-    code, _, err = run(capsys, "resend", "D-1")
+    code, _, err = run_cli(capsys, "resend", "D-1")
     assert code == 2 and "pass --yes" in err
 
-    code, out, _ = run(capsys, "resend", "D-1", "--yes")
+    code, out, _ = run_cli(capsys, "resend", "D-1", "--yes")
     assert code == 0 and "will be sent again" in out
     resent = row(engine, "D-1")
     assert (resent.status, resent.resends, resent.attempts) == ("pending", 1, 0)
@@ -210,7 +194,7 @@ def test_resend_records_an_operator_resend_of_a_delivered_order(
     assert resent.next_attempt_at <= now()
     assert row(engine, "D-2").status == "delivered"
 
-    code, _, err = run(capsys, "resend", "D-1", "--yes")
+    code, _, err = run_cli(capsys, "resend", "D-1", "--yes")
     assert code == 1 and "is pending, not delivered" in err
 
 
@@ -230,7 +214,7 @@ def test_purge_empties_only_old_delivered_rows_keeps_their_orderids_and_drops_lo
             ClaimedRow(ids["OLD-1"], "OLD-1", "{}", 2, old),
             ClaimedRow(ids["NEW-1"], "NEW-1", "{}", 1, old)])
 
-    code, out, _ = run(capsys, "purge", "--delivered-before", "30d")
+    code, out, _ = run_cli(capsys, "purge", "--delivered-before", "30d")
     assert code == 0
     assert out.startswith("purged 2 orders delivered before") and "and 1 delivery" in out
     with engine.connect() as conn:
@@ -253,7 +237,7 @@ def test_import_of_json_lines_reports_refused_lines_and_is_idempotent(
     path = tmp_path / "orders.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    code, out, _ = run(capsys, "import", str(path))
+    code, out, _ = run_cli(capsys, "import", str(path))
     assert code == 1
     assert out.splitlines()[0] == "enqueued 2, already present 0, refused 2"
     assert "line 4: email: must be an e-mail address" in out
@@ -261,7 +245,7 @@ def test_import_of_json_lines_reports_refused_lines_and_is_idempotent(
     assert "line 5: not valid JSON" in out
     assert "jane.doe@example" not in out
 
-    code, out, _ = run(capsys, "import", str(path))
+    code, out, _ = run_cli(capsys, "import", str(path))
     assert code == 1
     assert out.splitlines()[0] == "enqueued 0, already present 2, refused 2"
     with engine.connect() as conn:
@@ -278,7 +262,7 @@ def test_import_of_csv_groups_product_rows_by_orderid_and_names_the_bad_field(
         "C-2,bob@example.com,EUR,,SKU-9,x,1.00\n"
         "C-1,ann@example.com,EUR,1795000000,SKU-2,1,3.50\n", encoding="utf-8")
 
-    code, out, _ = run(capsys, "import", str(path))
+    code, out, _ = run_cli(capsys, "import", str(path))
     assert code == 1
     assert out.splitlines()[0] == "enqueued 1, already present 0, refused 1"
     assert "line 3: products[0].quantity: must be a positive integer" in out
@@ -287,7 +271,7 @@ def test_import_of_csv_groups_product_rows_by_orderid_and_names_the_bad_field(
     assert payload["products"] == [{"id": "SKU-1", "quantity": 2, "price": 9.95},
                                    {"id": "SKU-2", "quantity": 1, "price": 3.5}]
 
-    code, out, _ = run(capsys, "import", str(path))
+    code, out, _ = run_cli(capsys, "import", str(path))
     assert out.splitlines()[0] == "enqueued 0, already present 1, refused 1"
 
 
@@ -297,7 +281,7 @@ def test_import_of_csv_with_a_products_json_column(
     path = tmp_path / "orders.csv"
     path.write_text('orderid,email,products\nK-1,kim@example.com,"[{""id"": ""S"", '
                     '""quantity"": 1}]"\n', encoding="utf-8")
-    code, out, _ = run(capsys, "import", str(path))
+    code, out, _ = run_cli(capsys, "import", str(path))
     assert (code, out.splitlines()[0]) == (0, "enqueued 1, already present 0, refused 0")
     assert json.loads(row(engine, "K-1").payload)["products"] == [{"id": "S", "quantity": 1}]
 
@@ -308,7 +292,7 @@ def test_an_unreachable_database_gives_one_line_without_the_password(
     monkeypatch.setenv("OUTBOX_DATABASE_URL",
                        "postgresql+psycopg://outbox:s3cret-pw@127.0.0.1:9/outbox")
     reset_settings()
-    code, _, err = run(capsys, "status")
+    code, _, err = run_cli(capsys, "status")
     assert code == 2
     assert len(err.splitlines()) == 1
     assert err.startswith("spotler-outbox: error: cannot use the database at "
@@ -321,7 +305,7 @@ def test_a_missing_sqlite_outbox_is_reported_instead_of_created(
 ) -> None:
     monkeypatch.setenv("OUTBOX_DATABASE_URL", f"sqlite:///{tmp_path / 'absent.db'}")
     reset_settings()
-    code, _, err = run(capsys, "list")
+    code, _, err = run_cli(capsys, "list")
     assert code == 2 and "no SQLite outbox at" in err and "migrate" in err
     assert not (tmp_path / "absent.db").exists()
 
@@ -331,9 +315,9 @@ def test_migrate_creates_an_outbox_that_status_can_read(
 ) -> None:
     monkeypatch.setenv("OUTBOX_DATABASE_URL", f"sqlite:///{tmp_path / 'fresh.db'}")
     reset_settings()
-    code, out, _ = run(capsys, "migrate")
+    code, out, _ = run_cli(capsys, "migrate")
     assert code == 0 and "schema is up to date" in out
-    code, out, _ = run(capsys, "status", "--json")
+    code, out, _ = run_cli(capsys, "status", "--json")
     assert code == 0 and json.loads(out)["total"] == 0
 
 
@@ -354,7 +338,7 @@ def test_check_with_the_right_key_verifies_and_sends_one_test_purchase(
     fake: RunningFakeApi, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spotler_env(monkeypatch, fake, API_KEY)
-    code, out, err = run(capsys, "check", "--send-test-purchase", "--email",
+    code, out, err = run_cli(capsys, "check", "--send-test-purchase", "--email",
                          "tester@example.com", "--sku", "SKU-CHECK", "--yes")
     assert code == 0, err
     assert "verifyAuth: OK, Spotler answered HTTP 200" in out
@@ -372,7 +356,7 @@ def test_check_with_a_wrong_key_reports_what_spotler_answered_and_exits_1(
     fake: RunningFakeApi, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spotler_env(monkeypatch, fake, "not-the-key")
-    code, out, err = run(capsys, "check", "--send-test-purchase", "--email", "t@example.com")
+    code, out, err = run_cli(capsys, "check", "--send-test-purchase", "--email", "t@example.com")
     assert code == 1
     assert "verifyAuth: FAILED, Spotler answered HTTP 401" in out
     assert "not-the-key" not in out + err
@@ -385,7 +369,7 @@ def test_check_without_credentials_is_a_configuration_error(
     monkeypatch.setenv("SPOTLER_ACCOUNT", "")
     monkeypatch.setenv("SPOTLER_API_KEY", "")
     reset_settings()
-    code, _, err = run(capsys, "check")
+    code, _, err = run_cli(capsys, "check")
     assert code == 2
     assert err == ("spotler-outbox: error: SPOTLER_ACCOUNT and SPOTLER_API_KEY must both be "
                    "set\n")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from sqlalchemy.orm import Session
 from spotler_outbox import enqueue_purchase
 from spotler_outbox.models import claims, erasure
 from spotler_outbox.models.clock import utc_now
-from spotler_outbox.models.settings import Settings, reset_settings
+from spotler_outbox.models.settings import Settings
 from spotler_outbox.models.tables import events
 from spotler_outbox.worker.console.cli import main
 from tests.conftest import purchase
@@ -23,14 +22,6 @@ from tests.integration.fixtures import row
 PERSON = "Erase.Me@Example.com"
 OTHER = "keep.me@example.com"
 
-
-@pytest.fixture
-def cli_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("OUTBOX_DATABASE_URL", database_url)
-    monkeypatch.setenv("OUTBOX_WAKEUP", "false")
-    reset_settings()
-    yield database_url
-    reset_settings()
 
 
 def traces(engine: Engine, needle: str) -> list[str]:

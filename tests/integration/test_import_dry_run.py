@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from spotler_outbox.models.settings import reset_settings
 from spotler_outbox.worker.console.cli import main
 from tests.conftest import purchase
 from tests.integration.fixtures import seed_row
@@ -34,14 +32,6 @@ LABELLED: list[tuple[str, str, str | None]] = [
     ("[1, 2]", "refused", "must be a JSON object"),
 ]
 
-
-@pytest.fixture
-def cli_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("OUTBOX_DATABASE_URL", database_url)
-    monkeypatch.setenv("OUTBOX_WAKEUP", "false")
-    reset_settings()
-    yield database_url
-    reset_settings()
 
 
 def table_counts(engine: Engine) -> dict[str, int]:
