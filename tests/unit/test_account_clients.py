@@ -28,7 +28,7 @@ def test_clients_follow_the_file_and_a_broken_edit_keeps_the_accounts_read_befor
     clients.refresh()
     assert clients.accounts == ["", "shop-be", "shop-nl"]
     be = clients.client_for("shop-be")
-    assert be is not None and be.pool.headers["X-AUTH-ACCOUNT"] == "shop-be"
+    assert be is not None and be.session.headers["X-AUTH-ACCOUNT"] == "shop-be"
     write(path, '{"shop-be": ', 3_000)
     clients.refresh()
     assert clients.accounts == ["", "shop-be", "shop-nl"] and clients.client_for("shop-be") is be
@@ -36,5 +36,5 @@ def test_clients_follow_the_file_and_a_broken_edit_keeps_the_accounts_read_befor
     clients.refresh()
     rotated = clients.client_for("shop-be")
     assert rotated is not be and rotated is not None
-    assert rotated.pool.headers["X-AUTH-APIKEY"] == "k-be-2"
+    assert rotated.session.headers["X-AUTH-APIKEY"] == "k-be-2"
     assert clients.client_for("shop-de") is None

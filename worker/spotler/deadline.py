@@ -1,6 +1,6 @@
 """One deadline for a whole HTTP request: connect, send and every read together.
 
-The read timeout bounds each socket read, not the answer: a proxy that trickles a byte
+requests' read timeout bounds each socket read, not the answer: a proxy that trickles a byte
 every few seconds would keep a request open past the claim's lease, and another worker would
 send the same rows meanwhile. At the deadline the request's socket is shut down, so the
 blocked read returns at once and the request fails.
@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import certifi
+from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -92,7 +92,7 @@ def _the_watchdog() -> _Watchdog:
 
 @contextlib.contextmanager
 def request_deadline(seconds: float) -> Iterator[Deadline]:
-    """Cut any request this thread makes through a watched_pool() once `seconds` pass."""
+    """Cut any request this thread makes through a DeadlineAdapter once `seconds` pass."""
     watchdog = _the_watchdog()
     deadline = Deadline(time.monotonic() + seconds)
     watchdog.arm(deadline)
@@ -141,11 +141,10 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
-def watched_pool(scheme: str, host: str, port: int | None, **kwargs: Any) -> HTTPConnectionPool:
-    """A urllib3 pool whose connections a request_deadline() can cut; https verifies the
-    server's certificate against certifi's bundle (what requests used), never the
-    environment's."""
-    if scheme == "https":
-        return _WatchedHTTPSPool(host, port, cert_reqs="CERT_REQUIRED",
-                                 ca_certs=certifi.where(), **kwargs)
-    return _WatchedHTTPPool(host, port, **kwargs)
+class DeadlineAdapter(HTTPAdapter):
+    """requests' adapter whose connections a request_deadline() can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool,
+                                                   "https": _WatchedHTTPSPool}
