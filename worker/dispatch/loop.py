@@ -170,12 +170,6 @@ class Dispatcher:
         ctx = dataclasses.replace(self.ctx, account=account, client=client)
         return Claim(ctx, token, lease_until, report, rows, after=after, stopping=self.stopping)
 
-    def has_due_rows(self) -> bool:
-        """Whether an account that may send now has due rows."""
-        now = self.ctx.clock()
-        with self.engine.begin() as conn:
-            return claims.any_due(conn, now, self.sendable_accounts(conn, now))
-
     def recheck_credentials(self) -> bool | None:
         """Ask verifyAuth for each paused account whose check is due, and resume those it
         accepts. True: no account stays paused; False: one was refused again; None: the
