@@ -89,6 +89,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--backends", default="pg,maria", help="comma-separated: pg, maria")
     p.add_argument("--skip", default="", help="comma-separated phases to skip: "
                    "raw, one, latency, memory, e2e")
+    p.add_argument("--runs", type=int, default=1,
+                   help="repeat the whole measurement; the table shows medians and each run")
     p.add_argument("--json", action="store_true", help="also print every figure as JSON")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="py-spy on the pool children during the drains at batch 100 (collapsed "
@@ -323,8 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     def say(what: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {what}", file=sys.stderr, flush=True)
 
+    runs: list[dict[str, float]] = []
     try:
-        figures, header = measure(args, log_dir, say)
+        for run in range(args.runs):
+            if args.runs > 1:
+                say(f"run {run + 1} of {args.runs}")
+            figures, header = measure(args, log_dir, say)
+            runs.append(figures)
     except KeyboardInterrupt:
         print(f"interrupted: every process started was stopped; logs in {log_dir}",
               file=sys.stderr)
@@ -335,17 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_all()
         flush(args.broker_url)
-    text, missed = render(table_rows(), [figures])
+    text, missed = render(table_rows(), runs)
     print("\n".join(header))
     print(text)
     print("targets missed: " + (", ".join(missed) if missed else "none"))
     if args.json:
-        print(json.dumps(figures, indent=1))
-    # The standalone benchmarks join the full run here, each printing its own table after
-    # this one: benchmarks/enqueue_cost.py (what enqueue_purchase adds to an order's
-    # transaction) and benchmarks/plain_sql_latency.py, e.g.
-    #     status |= enqueue_cost.main([]) | plain_sql_latency.main([])
-    # (with `--only-pipeline` or a similar flag to skip them when only this table is wanted).
+        print(json.dumps(runs, indent=1))
     return 0
 
 
