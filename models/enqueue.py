@@ -146,7 +146,7 @@ def _snapshot_isolation(conn: sa.Connection) -> bool:
 
     From the connection's or the engine's isolation level (also the server default, read once
     at first connect). A level set by SQL inside the transaction (SET TRANSACTION ...) is not
-    seen: the README tells such a caller to set it on the engine or connection instead.
+    seen: docs/integrating.md tells such a caller to set it on the engine or connection instead.
     """
     level = conn.get_execution_options().get("isolation_level") or conn.default_isolation_level
     return str(level).upper().replace("_", " ") in _SNAPSHOT_LEVELS
