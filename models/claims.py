@@ -67,6 +67,8 @@ def _per_dialect(make: Callable[[sa.ColumnElement[bool]], sa.Executable]
     """A statement on "these rows by id", in the spelling of the connection's dialect."""
     built = {True: make(_SOME_ROWS_PG), False: make(_SOME_ROWS)}
     return lambda conn: built[conn.dialect.name == "postgresql"]
+
+
 _UNCLAIMED = {"claim_token": None, "lease_expires_at": None}
 
 
@@ -77,37 +79,30 @@ def claim_due(
     """Claim up to `limit` due rows of one account: in flight with an expired lease first,
     then pending. A batch never mixes accounts: each request carries one account's key.
 
-    One status per statement, so each reads the (status, account, next_attempt_at) index in
+    One status per index read, so each reads the (status, account, next_attempt_at) index in
     order and stops at `limit`: with `status IN (...)` every dialect sorts the whole due set,
     and InnoDB would lock all of it, leaving concurrent claimers nothing.
     """
+    params = {"of_account": account, "n": limit, "token": token, "now": now,
+              "until": lease_until}
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        rows = conn.execute(_claim_statement(), params).all()
+        return [ClaimedRow(i, orderid, payload, attempts, since, bool(validated))
+                for i, orderid, payload, attempts, since, validated in rows]
+    # MariaDB has no UPDATE ... RETURNING (lock the rows, then update them by id), and no
+    # locking read inside a UNION: a statement per status.
     claimed: list[ClaimedRow] = []
+    pick, update = _claim_statements_mariadb()
     for status in (Status.IN_FLIGHT.value, Status.PENDING.value):
-        claimed += _claim(conn, status, account, limit - len(claimed), token, now,
-                          lease_until)
+        locked = conn.execute(pick, {**params, "from_status": status,
+                                     "n": limit - len(claimed)}).all()
+        if locked:
+            conn.execute(update, {**params, "ids": [r.id for r in locked]})
+            claimed += [ClaimedRow(r.id, r.orderid, r.payload, r.attempts + 1, r.since,
+                                   bool(r.validated)) for r in locked]
         if len(claimed) >= limit:
             break
     return claimed
-
-
-def _claim(
-    conn: sa.Connection, status: str, account: str, limit: int, token: str, now: dt.datetime,
-    lease_until: dt.datetime,
-) -> list[ClaimedRow]:
-    params = {"from_status": status, "of_account": account, "n": limit, "token": token, "now": now,
-              "until": lease_until}
-    if conn.dialect.name in ("mysql", "mariadb"):
-        # MariaDB has no UPDATE ... RETURNING: lock the rows, then update them by id.
-        pick, update = _claim_statements_mariadb()
-        locked = conn.execute(pick, params).all()
-        if not locked:
-            return []
-        conn.execute(update, {**params, "ids": [r.id for r in locked]})
-        return [ClaimedRow(r.id, r.orderid, r.payload, r.attempts + 1, r.since,
-                           bool(r.validated)) for r in locked]
-    rows = conn.execute(_claim_statement(), params).all()
-    return [ClaimedRow(i, orderid, payload, attempts, since, bool(validated))
-            for i, orderid, payload, attempts, since, validated in rows]
 
 
 _CLAIMED_COLUMNS = (events.c.id, events.c.orderid, events.c.payload, events.c.attempts,
@@ -124,10 +119,10 @@ _CLAIM_VALUES = {
 }
 
 
-def _pick(*columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
+def _pick(status: sa.ColumnElement[Any], *columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
     return (
         sa.select(*columns)
-        .where(events.c.status == sa.bindparam("from_status"),
+        .where(events.c.status == status,
                events.c.account == sa.bindparam("of_account"),
                events.c.next_attempt_at <= sa.bindparam("now"))
         .order_by(events.c.next_attempt_at)
@@ -138,14 +133,23 @@ def _pick(*columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
 
 @cache
 def _claim_statement() -> sa.Executable:
+    """One statement for both statuses: the pending arm runs only for what the in-flight arm
+    left (the outer LIMIT stops pulling rows). The statuses are literals so that PostgreSQL
+    can keep one generic plan on the partial index instead of planning every claim."""
+    arms = [sa.select(_pick(sa.literal_column(f"'{status.value}'"), events.c.id)
+                      .subquery().c.id)
+            for status in (Status.IN_FLIGHT, Status.PENDING)]
+    due = sa.union_all(*arms).subquery()
     return (events.update()
-            .where(events.c.id.in_(_pick(events.c.id).scalar_subquery()))
+            .where(events.c.id.in_(sa.select(due.c.id).limit(sa.bindparam("n"))
+                                   .scalar_subquery()))
             .values(_CLAIM_VALUES).returning(*_CLAIMED_COLUMNS))
 
 
 @cache
 def _claim_statements_mariadb() -> tuple[sa.Executable, sa.Executable]:
-    return _pick(*_CLAIMED_COLUMNS), events.update().where(_SOME_ROWS).values(_CLAIM_VALUES)
+    return (_pick(sa.bindparam("from_status"), *_CLAIMED_COLUMNS),
+            events.update().where(_SOME_ROWS).values(_CLAIM_VALUES))
 
 
 _RENEW = events.update().where(_CLAIMED_BY_US).values(
