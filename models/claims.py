@@ -19,7 +19,14 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from spotler_outbox.models.tables import Status, attempt_events, attempts_table, due, events
+from spotler_outbox.models.tables import (
+    Status,
+    attempt_events,
+    attempts_table,
+    control,
+    due,
+    events,
+)
 
 
 class ClaimedRow(NamedTuple):
@@ -78,6 +85,7 @@ def claim_due(
 ) -> list[ClaimedRow]:
     """Claim up to `limit` due rows of one account: in flight with an expired lease first,
     then pending. A batch never mixes accounts: each request carries one account's key.
+    Nothing of an account whose dispatch is paused or held (its dispatch_control row).
 
     One status per index read, so each reads the (status, account, next_attempt_at) index in
     order and stops at `limit`: with `status IN (...)` every dialect sorts the whole due set,
@@ -119,12 +127,21 @@ _CLAIM_VALUES = {
 }
 
 
+# Read in the claim itself (once per statement: it names no claimed row), so a worker needs
+# no statement of its own per batch to learn whether the account may send. Not locked: a
+# locking read locks no row of a subquery (MariaDB and MySQL alike).
+_ACCOUNT_STOPPED = sa.exists().where(
+    control.c.account == sa.bindparam("of_account"),
+    sa.or_(control.c.paused_reason.is_not(None), control.c.not_before > sa.bindparam("now")))
+
+
 def _pick(status: sa.ColumnElement[Any], *columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
     return (
         sa.select(*columns)
         .where(events.c.status == status,
                events.c.account == sa.bindparam("of_account"),
-               events.c.next_attempt_at <= sa.bindparam("now"))
+               events.c.next_attempt_at <= sa.bindparam("now"),
+               ~_ACCOUNT_STOPPED)
         .order_by(events.c.next_attempt_at)
         .limit(sa.bindparam("n"))
         .with_for_update(skip_locked=True)
@@ -238,32 +255,37 @@ def park(
 # No explicit RETURNING (MySQL 8 has none): SQLAlchemy reads the new id the dialect's way.
 _INSERT_ATTEMPT = attempts_table.insert()
 _INSERT_ATTEMPT_EVENT = attempt_events.insert()
-# One statement for the whole request: psycopg's executemany sends one INSERT per row, and
-# 100 executions cost the backend ~10 us per event more than one (benchmarks/).
-_INSERT_ATTEMPT_EVENTS_PG = sa.text(
-    "INSERT INTO delivery_attempt_events (attempt_id, outbox_event_id, attempt_number) "
-    "SELECT :aid, unnest(CAST(:ids AS BIGINT[])), unnest(CAST(:nums AS INTEGER[]))")
+_ATTEMPT_COLUMNS = ("started_at", "duration_ms", "event_count", "http_status", "outcome",
+                    "error_class", "response_excerpt", "worker")
+# PostgreSQL: the attempt and every link in one statement. psycopg's executemany sends one
+# INSERT per row (100 executions cost the backend ~10 us per event more than one), and each
+# statement costs the worker more than its round trip (benchmarks/, py-spy).
+_RECORD_ATTEMPT_PG = sa.text(
+    f"WITH attempt AS (INSERT INTO delivery_attempts ({', '.join(_ATTEMPT_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in _ATTEMPT_COLUMNS)}) RETURNING id), "
+    "links AS (INSERT INTO delivery_attempt_events (attempt_id, outbox_event_id, attempt_number) "
+    "SELECT attempt.id, unnest(CAST(:ids AS BIGINT[])), unnest(CAST(:nums AS INTEGER[])) "
+    "FROM attempt) "
+    "SELECT id FROM attempt"
+).bindparams(sa.bindparam("started_at", type_=attempts_table.c.started_at.type))
 
 
 def record_attempt(
     conn: sa.Connection, record: AttemptRecord, rows: Sequence[ClaimedRow]
 ) -> int:
-    inserted = conn.execute(_INSERT_ATTEMPT, {
-        "started_at": record.started_at, "duration_ms": record.duration_ms,
-        "event_count": record.event_count, "http_status": record.http_status,
-        "outcome": record.outcome, "error_class": record.error_class,
-        "response_excerpt": record.response_excerpt, "worker": record.worker,
-    })
-    attempt_id: int = inserted.inserted_primary_key_rows[0][0]  # type: ignore[index]
+    """The attempt row and its links to the rows it carried; returns the attempt's id."""
+    values = {c: getattr(record, c) for c in _ATTEMPT_COLUMNS}
     if conn.dialect.name == "postgresql":
-        conn.execute(_INSERT_ATTEMPT_EVENTS_PG, {
-            "aid": attempt_id, "ids": [r.id for r in rows], "nums": [r.attempts for r in rows]})
-    else:
-        # PyMySQL rewrites this executemany into one multi-row INSERT; SQLite loops in C.
-        conn.execute(_INSERT_ATTEMPT_EVENT, [
-            {"attempt_id": attempt_id, "outbox_event_id": r.id, "attempt_number": r.attempts}
-            for r in rows
-        ])
+        return int(conn.execute(_RECORD_ATTEMPT_PG, {
+            **values, "ids": [r.id for r in rows], "nums": [r.attempts for r in rows],
+        }).scalar_one())
+    inserted = conn.execute(_INSERT_ATTEMPT, values)
+    attempt_id: int = inserted.inserted_primary_key_rows[0][0]  # type: ignore[index]
+    # PyMySQL rewrites this executemany into one multi-row INSERT; SQLite loops in C.
+    conn.execute(_INSERT_ATTEMPT_EVENT, [
+        {"attempt_id": attempt_id, "outbox_event_id": r.id, "attempt_number": r.attempts}
+        for r in rows
+    ])
     return int(attempt_id)
 
 

@@ -119,8 +119,8 @@ class Dispatcher:
 
     def sendable_accounts(self, conn: sa.Connection, now: dt.datetime,
                           report: DispatchReport | None = None) -> list[str]:
-        """Accounts with credentials that are neither paused nor held, in a random order: each
-        claim reads one account's rows, so a stopped account's rows are never read at all."""
+        """Accounts with credentials that are neither paused nor held, in claim order; with a
+        report, say there which kind of stop left an account out."""
         self.clients.refresh()
         states = control.read_controls(conn)
         sendable = []
@@ -134,11 +134,15 @@ class Dispatcher:
                     report.rate_limited = True
             else:
                 sendable.append(account)
-        random.shuffle(sendable)  # fair between accounts, whichever has the older backlog
-        # The default account spelled out by its id (plain SQL) is rare: asked last, so that
-        # a one-account outbox does not pay an empty claim for it on half its batches.
-        named_default = [a for a in sendable if a and a == self.settings.account]
-        return [a for a in sendable if a not in named_default] + named_default
+        return self.claim_order(sendable)
+
+    def claim_order(self, accounts: list[str]) -> list[str]:
+        """A random order, fair between accounts whichever has the older backlog; the default
+        account spelled out by its id (plain SQL, rare) last, so that a one-account outbox
+        does not pay an empty claim for it on half its batches."""
+        shuffled = random.sample(accounts, len(accounts))
+        named_default = [a for a in shuffled if a and a == self.settings.account]
+        return [a for a in shuffled if a not in named_default] + named_default
 
     def run_once(self) -> DispatchReport:
         """Claim one batch of one account and settle every row of it."""
@@ -153,8 +157,11 @@ class Dispatcher:
         token = uuid.uuid4().hex
         lease_until = now + dt.timedelta(seconds=self.settings.lease_seconds)
         rows: list[claims.ClaimedRow] = []
+        self.clients.refresh()
         with self.engine.begin() as conn:
-            for account in self.sendable_accounts(conn, now, report):
+            # The claim itself skips a paused or held account: no statement of its own per
+            # batch. Only when nothing was claimed are the control rows read, to say why.
+            for account in self.claim_order(self.clients.accounts):
                 client = self.clients.client_for(account)
                 if client is None:
                     continue
@@ -162,10 +169,11 @@ class Dispatcher:
                                         now=now, lease_until=lease_until, account=account)
                 if rows:
                     break
+            if not rows:
+                self.sendable_accounts(conn, now, report)
         report.claimed = len(rows)
         if not rows:
             return None
-        report.paused = report.rate_limited = False  # of other accounts: not this run's
         report.batches = 1
         ctx = dataclasses.replace(self.ctx, account=account, client=client)
         return Claim(ctx, token, lease_until, report, rows, after=after, stopping=self.stopping)
