@@ -21,6 +21,23 @@ from spotler_outbox.models.settings import Settings, reset_settings
 from spotler_outbox.models.tables import Base
 from tests import mysql8_guard
 
+
+def _own_names_per_xdist_worker() -> None:
+    """Under pytest-xdist (`./dev test` runs two processes) each process gets databases and a
+    Redis database of its own; set before anything reads them, subprocesses inherit them."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    if not worker or os.environ.get("_SPOTLER_TEST_NAMES_SET") == worker:
+        return
+    os.environ["_SPOTLER_TEST_NAMES_SET"] = worker
+    base = os.environ.get("TEST_DB_NAME", "spotler_outbox_test")
+    os.environ["TEST_DB_NAME"] = f"{base}_{worker}"
+    redis_url = make_url(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
+    redis_db = int(redis_url.database or 0) - int(worker.removeprefix("gw"))
+    os.environ["TEST_REDIS_URL"] = redis_url.set(database=str(redis_db % 16)).render_as_string(
+        hide_password=False)
+
+
+_own_names_per_xdist_worker()
 # A separate name lets two test runs share the servers without wiping each other's rows.
 TEST_DB = os.environ.get("TEST_DB_NAME", "spotler_outbox_test")
 SERVER_URLS = {
