@@ -98,6 +98,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--broker-url", default=os.environ.get("BENCH_BROKER_URL",
                                                           "redis://127.0.0.1:6379/14"))
     args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
     if min(args.rows, args.rows_one, args.orders) < 100:
         p.error("--rows, --rows-one and --orders must be at least 100")
     return args

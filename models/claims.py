@@ -58,10 +58,15 @@ class AttemptRecord:
     worker: str | None
 
 
-# The one spelling of "rows this claim still holds": in flight under our token. A row whose
-# lease ran out and that another worker claimed since carries that worker's token.
-_CLAIMED_BY_US = sa.and_(events.c.claim_token == sa.bindparam("token"),
-                         events.c.status == Status.IN_FLIGHT.value)
+# "Rows this claim still holds": our token. A row whose lease ran out and that another worker
+# claimed since carries that worker's token; a claim sets the token with in_flight, and every
+# change away from in_flight clears it (settle, hand-back, erasure, an operator's retry).
+# Statements that name their rows by id test the token alone: with a status test PostgreSQL
+# reads them through the due index, whose in-flight part keeps an entry of every claim since
+# the last vacuum (a bitmap scan cannot skip dead entries), so each mark cost more the longer
+# a drain ran. Those that name no ids keep the status test, which is their way to the rows.
+_HELD_BY_US = events.c.claim_token == sa.bindparam("token")
+_CLAIMED_BY_US = sa.and_(_HELD_BY_US, events.c.status == Status.IN_FLIGHT.value)
 _ONE_ROW = events.c.id == sa.bindparam("row_id")
 _SOME_ROWS = events.c.id.in_(sa.bindparam("ids", expanding=True))
 # PostgreSQL takes the ids as one array: an expanding IN renders and binds a parameter per id
@@ -156,9 +161,9 @@ def _claim_statement() -> sa.Executable:
     arms = [sa.select(_pick(sa.literal_column(f"'{status.value}'"), events.c.id)
                       .subquery().c.id)
             for status in (Status.IN_FLIGHT, Status.PENDING)]
-    due = sa.union_all(*arms).subquery()
+    either = sa.union_all(*arms).subquery()
     return (events.update()
-            .where(events.c.id.in_(sa.select(due.c.id).limit(sa.bindparam("n"))
+            .where(events.c.id.in_(sa.select(either.c.id).limit(sa.bindparam("n"))
                                    .scalar_subquery()))
             .values(_CLAIM_VALUES).returning(*_CLAIMED_COLUMNS))
 
@@ -184,7 +189,7 @@ _HANDED_BACK = {"status": Status.PENDING.value, "next_attempt_at": sa.bindparam(
                 "last_error": sa.bindparam("note"), **_UNCLAIMED}
 _RELEASE_ALL = events.update().where(_CLAIMED_BY_US).values(_HANDED_BACK)
 _RELEASE_SOME = _per_dialect(
-    lambda some: events.update().where(some, _CLAIMED_BY_US).values(_HANDED_BACK))
+    lambda some: events.update().where(some, _HELD_BY_US).values(_HANDED_BACK))
 
 
 def release(
@@ -204,7 +209,7 @@ def release(
     return int(conn.execute(_RELEASE_SOME(conn), {**params, "ids": list(ids)}).rowcount)
 
 
-_MARK_DELIVERED = _per_dialect(lambda some: events.update().where(some, _CLAIMED_BY_US).values(
+_MARK_DELIVERED = _per_dialect(lambda some: events.update().where(some, _HELD_BY_US).values(
     status=Status.DELIVERED.value, delivered_at=sa.bindparam("now"),
     updated_at=sa.bindparam("now"), last_error=None,
     last_http_status=sa.bindparam("http_status"), **_UNCLAIMED))
@@ -219,7 +224,7 @@ def mark_delivered(
                                               "http_status": http_status}).rowcount)
 
 
-_SCHEDULE_RETRY = events.update().where(_ONE_ROW, _CLAIMED_BY_US).values(
+_SCHEDULE_RETRY = events.update().where(_ONE_ROW, _HELD_BY_US).values(
     status=Status.PENDING.value, next_attempt_at=sa.bindparam("at"),
     last_error=sa.bindparam("error"), last_http_status=sa.bindparam("http_status"),
     updated_at=sa.bindparam("now"), **_UNCLAIMED)
@@ -235,7 +240,7 @@ def schedule_retries(
              "http_status": http_status} for r in retries])
 
 
-_PARK = events.update().where(_ONE_ROW, _CLAIMED_BY_US).values(
+_PARK = events.update().where(_ONE_ROW, _HELD_BY_US).values(
     status=Status.FAILED.value, last_error=sa.bindparam("reason"),
     last_http_status=sa.bindparam("http_status"), updated_at=sa.bindparam("now"),
     **_UNCLAIMED)

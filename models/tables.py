@@ -137,7 +137,8 @@ class OutboxEvent(Base):
         ),
         # Partial where the dialect has it, so millions of delivered rows cost the claim nothing;
         # MariaDB gets the composite, whose leading status column skips them just the same.
-        # The claim reads one account at a time, so a paused account's rows are never read.
+        # The claim reads one account at a time and stops before the index when the account is
+        # paused or held, so a stopped account's rows are never read.
         sa.Index(
             "ix_outbox_events_due",
             "status",

@@ -32,8 +32,13 @@ def _own_names_per_xdist_worker() -> None:
     base = os.environ.get("TEST_DB_NAME", "spotler_outbox_test")
     os.environ["TEST_DB_NAME"] = f"{base}_{worker}"
     redis_url = make_url(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
-    redis_db = int(redis_url.database or 0) - int(worker.removeprefix("gw"))
-    os.environ["TEST_REDIS_URL"] = redis_url.set(database=str(redis_db % 16)).render_as_string(
+    base = int(redis_url.database or 15)
+    # Counting down from the base, past 0 (the default broker) and 13-14 (the benchmarks').
+    free = [d % 16 for d in range(base, base - 16, -1) if d % 16 not in (0, 13, 14)]
+    index = int(worker.removeprefix("gw"))
+    if index >= len(free):
+        raise pytest.UsageError(f"at most {len(free)} test processes: one Redis database each")
+    os.environ["TEST_REDIS_URL"] = redis_url.set(database=str(free[index])).render_as_string(
         hide_password=False)
 
 

@@ -20,18 +20,30 @@ branch_labels = None
 depends_on = None
 
 DELIVERED = "delivered_at IS NOT NULL"
+NAME = "ix_outbox_events_delivered_at"
+BUILDING = "ix_outbox_events_delivered_at_building"
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name in ("mysql", "mariadb"):
+    dialect = op.get_bind().dialect.name
+    if dialect in ("mysql", "mariadb"):
         return
-    op.drop_index("ix_outbox_events_delivered_at", table_name="outbox_events")
-    op.create_index("ix_outbox_events_delivered_at", "outbox_events", ["delivered_at"],
-                    postgresql_where=sa.text(DELIVERED), sqlite_where=sa.text(DELIVERED))
+    if dialect == "postgresql":
+        # Built beside the old one, CONCURRENTLY: a plain build would hold off the shop's
+        # order commits (their enqueue writes this table) for as long as it reads the table.
+        with op.get_context().autocommit_block():
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {BUILDING}")  # a failed earlier try
+            op.create_index(BUILDING, "outbox_events", ["delivered_at"],
+                            postgresql_where=sa.text(DELIVERED), postgresql_concurrently=True)
+            op.drop_index(NAME, table_name="outbox_events", postgresql_concurrently=True)
+            op.execute(f"ALTER INDEX {BUILDING} RENAME TO {NAME}")
+        return
+    op.drop_index(NAME, table_name="outbox_events")
+    op.create_index(NAME, "outbox_events", ["delivered_at"], sqlite_where=sa.text(DELIVERED))
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name in ("mysql", "mariadb"):
         return
-    op.drop_index("ix_outbox_events_delivered_at", table_name="outbox_events")
-    op.create_index("ix_outbox_events_delivered_at", "outbox_events", ["delivered_at"])
+    op.drop_index(NAME, table_name="outbox_events")
+    op.create_index(NAME, "outbox_events", ["delivered_at"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pymysql
 from sqlalchemy.engine import make_url
 
-from tests.conftest import SERVER_URLS
+from tests.conftest import SERVER_URLS, TEST_DB
 
 # Django's MySQL backend wants mysqlclient, a C extension; PyMySQL stands in for it (its
 # advertised version raised to the one Django checks for).
@@ -16,7 +16,9 @@ pymysql.install_as_MySQLdb()
 
 def _database(url: str, engine: str) -> dict[str, object]:
     parsed = make_url(url)
-    return {"ENGINE": engine, "NAME": parsed.database, "USER": parsed.username or "",
+    # The test database by name, as server_url() picks it: a URL's own name would be shared
+    # by the suite's processes.
+    return {"ENGINE": engine, "NAME": TEST_DB, "USER": parsed.username or "",
             "PASSWORD": parsed.password or "", "HOST": parsed.host or "",
             "PORT": str(parsed.port or ""),
             **({"OPTIONS": {"charset": "utf8mb4"}} if "mysql" in engine else {})}

@@ -79,7 +79,7 @@ class Dispatcher:
             try:
                 while not self.stopping.is_set():
                     # A paused or held account leaves the others to flow: only an empty claim
-                    # stops (the claim's account choice skips stopped accounts).
+                    # stops (the claim statement itself skips a stopped account).
                     claim = self._claim_next(total, after=held[0] if held else None)
                     if claim is None:
                         break
