@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from spotler_outbox.models import control
+from spotler_outbox.models import claims, control
+from spotler_outbox.models.clock import utc_now
 from spotler_outbox.models.tables import Status
 from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi
 from spotler_outbox.worker.spotler.client import Accepted
@@ -178,3 +179,26 @@ def test_the_end_of_a_credentials_pause_gives_the_waiting_rows_a_full_retry_wind
     assert row(engine, "PW-1").status == Status.PENDING
     drain(dispatcher)
     assert row(engine, "PW-1").status == Status.DELIVERED
+
+
+def test_a_claim_takes_rows_whose_lease_expired_before_pending_ones_and_no_more_than_its_limit(
+    engine: Engine,
+) -> None:
+    now = utc_now()
+    for n in range(3):  # their worker died: in flight, lease run out, the newest of all
+        seed_row(engine, f"EXPIRED-{n}", status=Status.IN_FLIGHT.value, claim_token="dead",
+                 next_attempt_at=now - dt.timedelta(seconds=1 + n),
+                 lease_expires_at=now - dt.timedelta(seconds=1 + n))
+    for n in range(5):  # due for longer
+        seed_row(engine, f"PENDING-{n}", next_attempt_at=now - dt.timedelta(minutes=10 - n))
+    lease = now + dt.timedelta(minutes=2)
+
+    def claim(limit: int) -> list[str]:  # in no promised order
+        with engine.begin() as conn:
+            return [r.orderid for r in claims.claim_due(
+                conn, limit=limit, token=f"t{limit}", now=now, lease_until=lease)]
+
+    assert sorted(claim(2)) == ["EXPIRED-1", "EXPIRED-2"]  # the oldest expiry first
+    assert sorted(claim(2)) == ["EXPIRED-0", "PENDING-0"]
+    assert sorted(claim(10)) == [f"PENDING-{n}" for n in range(1, 5)]
+    assert {row(engine, f"PENDING-{n}").status for n in range(5)} == {Status.IN_FLIGHT.value}
