@@ -202,3 +202,36 @@ def test_a_claim_takes_rows_whose_lease_expired_before_pending_ones_and_no_more_
     assert sorted(claim(2)) == ["EXPIRED-0", "PENDING-0"]
     assert sorted(claim(10)) == [f"PENDING-{n}" for n in range(1, 5)]
     assert {row(engine, f"PENDING-{n}").status for n in range(5)} == {Status.IN_FLIGHT.value}
+
+
+STOPS: list[tuple[str, dict[str, int | None], bool]] = [
+    # (what, {"paused": 1 or None, "hold": seconds from now or None}, the claim takes the row)
+    ("no control row", {}, True),
+    ("paused", {"paused": 1}, False),
+    ("held for another minute", {"hold": 60}, False),
+    ("a hold that has passed", {"hold": -60}, True),
+    ("paused and held", {"paused": 1, "hold": 60}, False),
+    ("paused, the hold passed", {"paused": 1, "hold": -60}, False),
+]
+
+
+@pytest.mark.parametrize(("what", "stop", "claimed"), STOPS, ids=[s[0] for s in STOPS])
+def test_the_claim_and_the_workers_reading_of_the_control_row_agree_on_a_stopped_account(
+    engine: Engine, what: str, stop: dict[str, int | None], claimed: bool,
+) -> None:
+    """Two spellings of "stopped": the claim statement's, and Control's, which the sweeper and
+    the dispatch report read. They must not drift apart."""
+    now = utc_now()
+    seed_row(engine, "O-1", next_attempt_at=now - dt.timedelta(seconds=1))
+    with engine.begin() as conn:
+        if stop.get("paused"):
+            control.pause(conn, reason="401", now=now, check_at=now + dt.timedelta(minutes=5))
+        if stop.get("hold") is not None:
+            control.hold_until(conn, now=now,
+                               not_before=now + dt.timedelta(seconds=stop["hold"] or 0))
+    with engine.begin() as conn:
+        state = control.read_controls(conn).get("", control.NO_CONTROL)
+        rows = claims.claim_due(conn, limit=10, token="t", now=now,
+                                lease_until=now + dt.timedelta(minutes=2))
+    assert bool(rows) is claimed
+    assert (not state.paused and not state.rate_limited(now)) is claimed
