@@ -44,7 +44,8 @@ def read_control(conn: sa.Connection, account: str = "") -> Control:
 
 
 def read_controls(conn: sa.Connection) -> dict[str, Control]:
-    """Every account's control row, in one statement: what a worker reads before a claim."""
+    """Every account's control row, in one statement: what the sweeper reads before it wakes
+    dispatch, and a worker after an empty claim (the claim itself skips stopped accounts)."""
     return {row.account: _control(row) for row in conn.execute(sa.select(control))}
 
 
