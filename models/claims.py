@@ -62,9 +62,9 @@ class AttemptRecord:
 # claimed since carries that worker's token; a claim sets the token with in_flight, and every
 # change away from in_flight clears it (settle, hand-back, erasure, an operator's retry).
 # Statements that name their rows by id test the token alone: with a status test PostgreSQL
-# reads them through the due index, whose in-flight part keeps an entry of every claim since
-# the last vacuum (a bitmap scan cannot skip dead entries), so each mark cost more the longer
-# a drain ran. Those that name no ids keep the status test, which is their way to the rows.
+# planned each mark afresh, through the due index, whose in-flight part keeps an entry of every
+# claim since the last vacuum (a bitmap scan reads dead entries too); without it, one generic
+# plan by primary key. Those that name no ids keep the status test: their way to the rows.
 _HELD_BY_US = events.c.claim_token == sa.bindparam("token")
 _CLAIMED_BY_US = sa.and_(_HELD_BY_US, events.c.status == Status.IN_FLIGHT.value)
 _ONE_ROW = events.c.id == sa.bindparam("row_id")
