@@ -30,6 +30,11 @@ LABELLED: list[tuple[str, str, str | None]] = [
      "email"),
     (json.dumps(purchase("N-6", timestamp="2026-11-27 10:00:00")), "refused", "timestamp"),
     ("[1, 2]", "refused", "must be a JSON object"),
+    # Another store's orders: its orderids are its own (OLD-1 is only the default account's).
+    (json.dumps({"account": "shop-be", **purchase("OLD-1")}), "new", None),
+    (json.dumps({"account": "shop-be", **purchase("BE-1")}), "new", None),
+    (json.dumps({"account": "shop-be", **purchase("BE-1")}), "present", None),
+    (json.dumps({"account": 7, **purchase("BE-2")}), "refused", "account"),
 ]
 
 

@@ -11,7 +11,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,11 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from spotler_outbox.models.enqueue import enqueue_purchase
+from spotler_outbox.models.enqueue import enqueue_purchase, outbox_values
 from spotler_outbox.models.errors import ConfigurationError, InvalidEvent
 from spotler_outbox.models.settings import Settings
 from spotler_outbox.models.tables import events
-from spotler_outbox.models.validation import validate_purchase
 from spotler_outbox.worker.logs import mask_emails
 
 CSV_HELP = """\
@@ -219,15 +218,20 @@ def enqueue_records(
     return report
 
 
+def _event_and_account(line: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """A line's `account` says where the order goes; it is no field of the event."""
+    event = dict(line)
+    return event, event.pop("account", None) or None
+
+
 def _enqueue_one(session: Session, record: Record, settings: Settings,
                  report: ImportReport) -> None:
     if record.event is None or record.problems:
         report.refused.append(record)
         return
-    event = dict(record.event)
-    account = event.pop("account", None)  # where the order goes, not a field of the event
+    event, account = _event_and_account(record.event)
     try:
-        result = enqueue_purchase(session, event, account=account or None, settings=settings)
+        result = enqueue_purchase(session, event, account=account, settings=settings)
     except InvalidEvent as e:
         record.problems.extend(e.problems)
         report.refused.append(record)
@@ -254,25 +258,26 @@ def preview_records(engine: Engine, records: Sequence[Record], settings: Setting
     would, and each valid one counted as new or already present (in the outbox, or earlier in
     the file), read from the outbox in one query per PREVIEW_CHUNK orders."""
     report = ImportReport()
-    valid: list[tuple[str, str]] = []
+    valid: list[tuple[str, str, str]] = []  # (account, event, orderid): the outbox's key
     for record in records:
         if record.event is None or record.problems:
             report.refused.append(record)
             continue
+        event, account = _event_and_account(record.event)
         try:
-            payload = validate_purchase(record.event, settings)
+            values = outbox_values(event, settings, account)
         except InvalidEvent as e:
             record.problems.extend(e.problems)
             report.refused.append(record)
             continue
-        valid.append((payload["event"], payload["orderid"]))
-    present: set[tuple[str, str]] = set()
+        valid.append((values["account"], values["event"], values["orderid"]))
+    present: set[tuple[str, str, str]] = set()
     with engine.connect() as conn:
         for start in range(0, len(valid), PREVIEW_CHUNK):
             chunk = valid[start:start + PREVIEW_CHUNK]
-            present.update((r.event, r.orderid) for r in conn.execute(
-                sa.select(events.c.event, events.c.orderid).where(
-                    events.c.orderid.in_({orderid for _, orderid in chunk}))))
+            present.update((r.account, r.event, r.orderid) for r in conn.execute(
+                sa.select(events.c.account, events.c.event, events.c.orderid).where(
+                    events.c.orderid.in_({orderid for _, _, orderid in chunk}))))
         conn.rollback()
     for key in valid:
         if key in present:

@@ -119,8 +119,8 @@ class Dispatcher:
 
     def sendable_accounts(self, conn: sa.Connection, now: dt.datetime,
                           report: DispatchReport | None = None) -> list[str]:
-        """Accounts with credentials that are neither paused nor held, in claim order; with a
-        report, say there which kind of stop left an account out."""
+        """Accounts with credentials that are neither paused nor held; with a report, say
+        there which kind of stop left an account out."""
         self.clients.refresh()
         states = control.read_controls(conn)
         sendable = []
@@ -134,7 +134,7 @@ class Dispatcher:
                     report.rate_limited = True
             else:
                 sendable.append(account)
-        return self.claim_order(sendable)
+        return sendable
 
     def claim_order(self, accounts: list[str]) -> list[str]:
         """A random order, fair between accounts whichever has the older backlog; the default
