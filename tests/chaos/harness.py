@@ -109,8 +109,7 @@ class Chaos:
             self.engine.dispose()
 
     def _start_worker(self, index: int, env: dict[str, str]) -> WorkerProcess:
-        worker = WorkerProcess(f"chaos{index}-{time.monotonic_ns()}", env, self.log_dir,
-                               beat=False)
+        worker = WorkerProcess(f"chaos{index}-{time.monotonic_ns()}", env, self.log_dir)
         worker.wait_ready(60)
         return worker
 

@@ -154,8 +154,8 @@ def test_a_budget_of_5_requests_a_second_holds_for_three_workers_together(
     enqueue(engine, server_database_url, None, orderids)
     enqueue(engine, server_database_url, BE, orderids)
     with running_worker("w1", env, tmp_path), \
-            running_worker("w2", env, tmp_path, beat=False), \
-            running_worker("w3", env, tmp_path, beat=False):
+            running_worker("w2", env, tmp_path), \
+            running_worker("w3", env, tmp_path):
         wait_for(lambda: counts(engine, "") == {"delivered": 120}
                  and counts(engine, BE) == {"delivered": 120}, 90, "both accounts drained")
     log = api.state.request_log()

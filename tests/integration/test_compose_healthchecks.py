@@ -40,7 +40,7 @@ def test_the_worker_healthcheck_passes_while_the_worker_answers_and_fails_once_i
     env = worker_environment(postgres_url, api.url)
     # In the container the check reads the service's command from PID 1; here it is given.
     check = healthcheck("worker") + command(SERVICES["worker"])
-    with running_worker("celery", env, tmp_path, beat=False):  # celery@%h, as compose runs it
+    with running_worker("celery", env, tmp_path):  # celery@%h, as compose runs it
         assert healthy(check, env)
     assert not healthy(check, env)
 

@@ -87,7 +87,9 @@ def test_wake_workers_after_a_raw_commit_gets_the_order_delivered_without_a_swee
     url = empty_database(backend, tmp_root)
     settings = Settings(database_url=url, broker_url=REDIS_URL, wakeup_enabled=True)
     engine = make_engine(url)
-    with running_worker("raw", worker_environment(url, api.url), tmp_path, beat=False):
+    # The sweeper an hour away: only the wake-up (or, on PostgreSQL, LISTEN) starts a dispatch.
+    env = worker_environment(url, api.url, OUTBOX_SWEEP_INTERVAL_SECONDS="3600")
+    with running_worker("raw", env, tmp_path):
         conn = connect(backend, url)
         try:
             dbapi.enqueue_purchase(conn, purchase("D-woken"), settings=settings)

@@ -159,7 +159,7 @@ def test_two_workers_at_once_never_send_one_orderid_twice(
     api.state.set_faults(Faults(latency_ms=5))
     orderids = [f"D-{i}" for i in range(600)]
     with running_worker("w1", env, tmp_path), \
-            running_worker("w2", {**env, "SPOTLER_BATCH_SIZE": "7"}, tmp_path, beat=False):
+            running_worker("w2", {**env, "SPOTLER_BATCH_SIZE": "7"}, tmp_path):
         enqueue_orders(engine, producer_settings(server_database_url), orderids,
                        per_transaction=3)
         wait_for(lambda: all_settled(engine, 600), 60, "600 deliveries")

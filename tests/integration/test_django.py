@@ -85,8 +85,10 @@ def test_a_committed_django_order_is_delivered_once_by_a_woken_worker(
 ) -> None:
     alias, url = shop
     engine = make_engine(url)
-    # No beat, so no sweeper: only transaction.on_commit's wake-up starts the delivery.
-    with running_worker("django", worker_environment(url, api.url), tmp_path, beat=False):
+    # The sweeper an hour away: only transaction.on_commit's wake-up (or, on PostgreSQL,
+    # LISTEN) starts the delivery.
+    env = worker_environment(url, api.url, OUTBOX_SWEEP_INTERVAL_SECONDS="3600")
+    with running_worker("django", env, tmp_path):
         response = post_checkout(alias, email="jane@example.com", sku="SKU-9", quantity=2)
         assert response.status_code == 201
         orderid = f"DJ-{response.json()['order']}"

@@ -122,13 +122,13 @@ def test_a_scoped_session_is_accepted_and_its_transaction_decides(engine: Engine
 def test_a_commit_wakes_a_worker_that_has_no_sweeper(
     kind: str, server_database_url: str, api: RunningFakeApi, broker: object, tmp_path: Path,
 ) -> None:
-    """Without beat only the wake-up can start a dispatch: the fake API's count is the oracle.
-    The rolled-back order must never arrive."""
+    """With the sweeper an hour away only the wake-up (or, on PostgreSQL, LISTEN) can start a
+    dispatch: the fake API's count is the oracle. The rolled-back order must never arrive."""
     engine = make_engine(server_database_url)
     settings = Settings(database_url=server_database_url, broker_url=REDIS_URL,
                         wakeup_enabled=True)
-    env = worker_environment(server_database_url, api.url)
-    with running_worker("woken", env, tmp_path, beat=False):
+    env = worker_environment(server_database_url, api.url, OUTBOX_SWEEP_INTERVAL_SECONDS="3600")
+    with running_worker("woken", env, tmp_path):
         if kind == "connection":
             with engine.connect() as conn:
                 with conn.begin() as tx:

@@ -233,7 +233,7 @@ def test_two_workers_on_one_machine_both_deliver_and_no_orderid_is_received_twic
     first = worker_environment(postgres_url, api.url, SPOTLER_BATCH_SIZE="5")
     second = worker_environment(postgres_url, api.url, SPOTLER_BATCH_SIZE="7")
     with running_worker("wa", first, tmp_path), \
-            running_worker("wb", second, tmp_path, beat=False):
+            running_worker("wb", second, tmp_path):
         enqueue_orders(outbox, producer_settings(postgres_url), orderids, per_transaction=10)
         wait_for(lambda: all_settled(outbox, 300), 90, "300 deliveries")
     with outbox.connect() as conn:

@@ -46,7 +46,7 @@ def test_a_running_worker_answers_the_ping_and_an_absent_one_does_not(
     postgres_url: str, api: RunningFakeApi, broker: redis.Redis, tmp_path: Path,
 ) -> None:
     env = worker_environment(postgres_url, api.url)
-    with running_worker("healthw", env, tmp_path, beat=False):
+    with running_worker("healthw", env, tmp_path):
         code, why = health(["celery", "-A", "spotler_outbox.worker", "worker",
                             "--hostname=healthw@%h"], env)
     assert code == 0, why

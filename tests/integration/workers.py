@@ -63,14 +63,12 @@ def worker_environment(database_url: str, api_url: str, *, as_role: str | None =
 
 
 class WorkerProcess:
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path, *, beat: bool,
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, *,
                  concurrency: int = 2, pool: str = "prefork") -> None:
         self.log_path = log_dir / f"{name}.log"
         command = [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "worker",
                    "--loglevel=INFO", f"--hostname={name}@%h", f"--pool={pool}",
                    f"--concurrency={concurrency}", "--without-mingle", "--without-gossip"]
-        if beat:
-            command += ["--beat", f"--schedule={log_dir / (name + '-beat-schedule')}"]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             command, env=env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -106,9 +104,9 @@ class WorkerProcess:
 
 
 @contextmanager
-def running_worker(name: str, env: dict[str, str], log_dir: Path, *, beat: bool = False,
+def running_worker(name: str, env: dict[str, str], log_dir: Path, *,
                    concurrency: int = 2, pool: str = "prefork") -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(name, env, log_dir, beat=beat, concurrency=concurrency, pool=pool)
+    worker = WorkerProcess(name, env, log_dir, concurrency=concurrency, pool=pool)
     try:
         worker.wait_ready()
         yield worker
