@@ -20,12 +20,12 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from benchmarks.db import purchase
 from spotler_outbox import enqueue_purchase, migrations
 from spotler_outbox.models.database import make_engine
 from spotler_outbox.models.settings import get_settings
@@ -78,13 +78,6 @@ class EnqueueCost:
                 f"(medians of {self.transactions} each)")
 
 
-def _event(orderid: str, n: int) -> dict[str, Any]:
-    return {"event": "Purchase", "email": f"customer{n}@example.com", "orderid": orderid,
-            "products": [{"id": f"SKU-{n % 97}", "quantity": 1 + n % 3, "price": 9.95},
-                         {"id": "SKU-GIFTWRAP", "quantity": 1, "price": 2.50}],
-            "currency": "EUR", "firstname": "Jane", "lastname": "Doe"}
-
-
 def _prepare(url: str) -> sa.Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
@@ -119,10 +112,10 @@ def measure(database: str, transactions: int = 2000, url: str | None = None,
     timings: dict[str, list[tuple[float, float, float]]] = {"enqueue": [], "raw": []}
 
     def enqueue(session: Session, n: int) -> None:
-        enqueue_purchase(session, _event(f"E-{n}", n), settings=settings)
+        enqueue_purchase(session, purchase(f"E-{n}", n), settings=settings)
 
     def raw_insert(session: Session, n: int) -> None:
-        event = _event(f"R-{n}", n)
+        event = purchase(f"R-{n}", n)
         session.execute(raw, {"event": "Purchase", "orderid": event["orderid"],
                               "payload": json.dumps(event, separators=(",", ":"))})
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from spotler_outbox.models.accounts import DEFAULT_ACCOUNT
 from spotler_outbox.models.tables import Status, control, events
 
 
@@ -29,6 +30,10 @@ class Control:
 
     def rate_limited(self, now: dt.datetime) -> bool:
         return self.not_before is not None and self.not_before > now
+
+    def auth_check_due(self, now: dt.datetime) -> bool:
+        """Paused, and its next verifyAuth is due."""
+        return self.paused and (self.next_auth_check_at is None or self.next_auth_check_at <= now)
 
 
 NO_CONTROL = Control(None, None, None, None)
@@ -122,7 +127,6 @@ def take_request_slot(conn: sa.Connection, *, account: str, now: dt.datetime,
 
 
 # The timers' turns are shared by every account: they live on the default account's row.
-DEFAULT_CONTROL = ""
 _TURNS = {"sweep": control.c.next_sweep_at, "retention": control.c.next_retention_at}
 
 
@@ -133,7 +137,7 @@ def take_turn(conn: sa.Connection, job: str, *, now: dt.datetime, next_at: dt.da
     """
     column = _TURNS[job]
     return conn.execute(
-        control.update().where(control.c.account == DEFAULT_CONTROL,
+        control.update().where(control.c.account == DEFAULT_ACCOUNT,
                                sa.or_(column.is_(None), column <= now))
         .values({column.name: next_at})
     ).rowcount == 1

@@ -113,7 +113,7 @@ def enqueue_purchase(
     dialect = conn.dialect.name
     new_id: int | None = None
     if dialect == "postgresql" and _snapshot_isolation(conn):
-        created = _insert_in_savepoint(session, conn, values)
+        created = _insert_in_savepoint(session, values)
         if created is None:
             existing = _id_committed_outside(conn, values)
             return EnqueueResult(session, conn, values, created=False, row_id=existing,
@@ -152,9 +152,7 @@ def _snapshot_isolation(conn: sa.Connection) -> bool:
     return str(level).upper().replace("_", " ") in _SNAPSHOT_LEVELS
 
 
-def _insert_in_savepoint(
-    session: SessionLike, conn: sa.Connection, values: Mapping[str, str]
-) -> bool | None:
+def _insert_in_savepoint(session: SessionLike, values: Mapping[str, str]) -> bool | None:
     """The insert in a savepoint: whether it added the row, None when PostgreSQL failed it
     (40001) because the duplicate was committed after the caller's snapshot; that failure must
     not abort the caller's transaction.

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from spotler_outbox.models.errors import UsageError
-from spotler_outbox.models.retention import PURGED_PAYLOAD
-from spotler_outbox.models.tables import Status, attempt_events, attempts_table, control, events
+from spotler_outbox.models.retention import PURGED_PAYLOAD, attempts_of
+from spotler_outbox.models.tables import Status, attempts_table, control, events
 from spotler_outbox.models.validation import hash_email_address
 
 ERASED = "[erased on request]"
@@ -138,12 +138,7 @@ def find(conn: sa.Connection, needles: Sequence[str]) -> ErasurePlan:
         key, payload = mentions(r.orderid, needles), mentions(r.payload, needles)
         if key or payload or mentions(r.last_error, needles):
             matches.append(Match(r.id, r.orderid, r.status, key, theirs=key or payload))
-    attempt_ids: set[int] = set()
-    theirs = [m.id for m in matches if m.theirs]
-    if theirs:
-        attempt_ids.update(conn.execute(
-            sa.select(attempt_events.c.attempt_id).distinct()
-            .where(attempt_events.c.outbox_event_id.in_(theirs))).scalars())
+    attempt_ids = set(attempts_of(conn, [m.id for m in matches if m.theirs]))
     for attempt in conn.execute(
         sa.select(attempts_table.c.id, attempts_table.c.response_excerpt)
         .where(_like_any(attempts_table.c.response_excerpt, needles))

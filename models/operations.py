@@ -17,13 +17,12 @@ from sqlalchemy.engine import Engine
 
 from spotler_outbox.models import retention
 from spotler_outbox.models.clock import as_utc, utc_now
-from spotler_outbox.models.control import Control, read_control, read_controls
+from spotler_outbox.models.control import NO_CONTROL, Control, read_control, read_controls
 from spotler_outbox.models.errors import NotFound, OutboxError, UsageError
 from spotler_outbox.models.tables import Status, attempt_events, attempts_table, due, events
 
 PURCHASE = "Purchase"
 RATE_WINDOW = dt.timedelta(minutes=5)
-PURGE_BATCH = retention.PURGE_BATCH
 
 
 @dataclass(frozen=True)
@@ -151,7 +150,7 @@ def accounts_summary(conn: sa.Connection) -> list[AccountSummary]:
         counts.setdefault(account, {s.value: 0 for s in Status})[status] = int(count)
     controls = read_controls(conn)
     return [AccountSummary(account, counts.get(account, {s.value: 0 for s in Status}),
-                           controls.get(account, Control(None, None, None, None)))
+                           controls.get(account, NO_CONTROL))
             for account in sorted(set(counts) | set(controls))]
 
 
@@ -289,13 +288,8 @@ def resend_delivered(
                        account)
 
 
-def purge_delivered(conn: sa.Connection, ids: Sequence[int], *, before: dt.datetime) -> int:
-    """Compact these delivered rows (see models.retention): payload gone, orderid kept."""
-    return retention.compact_delivered(conn, ids, before=before, now=utc_now())
-
-
 def purge(engine: Engine, *, delivered_before: dt.datetime,
-          batch: int = PURGE_BATCH, account: str | None = None) -> tuple[int, int]:
+          batch: int = retention.PURGE_BATCH, account: str | None = None) -> tuple[int, int]:
     """What retention does on its schedule, for one cutoff: compact delivered rows older than
     it (their orderids keep deduplicating), then delete the attempts left without rows;
     `account`: that account's rows only.

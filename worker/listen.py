@@ -43,7 +43,6 @@ class Listener:
         self.database_url = database_url
         self.broker_url = broker_url
         self.stopping = threading.Event()
-        self.notifications = 0
         self._thread = threading.Thread(target=self._run, name="spotler-outbox-listen",
                                         daemon=True)
 
@@ -86,7 +85,6 @@ class Listener:
     def _wait_for_notifications(self, conn: Any) -> None:
         while not self.stopping.is_set():
             for _ in conn.notifies(timeout=POLL_SECONDS, stop_after=1):
-                self.notifications += 1
                 request_dispatch(self.broker_url)
 
 

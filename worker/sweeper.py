@@ -115,12 +115,11 @@ class Timers:
         interval = dt.timedelta(seconds=self.settings.sweep_interval)
         with self.engine.begin() as conn:
             # Per account: a paused account's recheck when due, the others' rows wake dispatch.
-            check_due = any(
-                state.next_auth_check_at is None or state.next_auth_check_at <= now
-                for state in control.read_controls(conn).values() if state.paused)
+            states = control.read_controls(conn)
+            check_due = any(state.auth_check_due(now) for state in states.values())
             # Due for a whole interval: a row just made due is a running dispatch's to take.
             due = claims.any_due(conn, now - interval,
-                                 self.dispatcher.sendable_accounts(conn, now))
+                                 self.dispatcher.sendable_accounts(conn, now, states=states))
             if not (check_due or due):
                 return 0
             if not control.take_turn(conn, "sweep", now=now, next_at=now + interval):

@@ -55,7 +55,7 @@ def get_dispatcher() -> Dispatcher:
 
 
 class DatabaseUnavailable(OutboxError):
-    """A dispatch or sweep could not reach the outbox: the task ends FAILED in Flower.
+    """A dispatch could not reach the outbox: the task ends FAILED in Flower.
 
     Listed in the tasks' `throws`: Celery records the failure (state, one-line reason) and logs
     it without a traceback. The task is only a wake-up, acked like any other, never retried:

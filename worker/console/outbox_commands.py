@@ -111,10 +111,10 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         print("no matching orders")
         return OK
     # The account column only where there is more than the default account to tell apart.
-    accounts = [(r.account or "(default)",) if any(r.account for r in rows) else ()
-                for r in rows]
+    several = any(r.account for r in rows)
+    accounts = [(r.account or "(default)",) if several else () for r in rows]
     print(table(("ID", "ORDERID", "STATUS", "ATTEMPTS", "NEXT ATTEMPT", "HTTP", "LAST ERROR")
-                + (("ACCOUNT",) if any(accounts) else ()), [
+                + (("ACCOUNT",) if several else ()), [
         (str(r.id), r.orderid, r.status, str(r.attempts), _next_attempt(r, now),
          str(r.last_http_status or "-"), short(r.last_error, 60), *a)
         for r, a in zip(rows, accounts, strict=True)]))

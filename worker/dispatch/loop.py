@@ -118,11 +118,13 @@ class Dispatcher:
         return claim
 
     def sendable_accounts(self, conn: sa.Connection, now: dt.datetime,
-                          report: DispatchReport | None = None) -> list[str]:
-        """Accounts with credentials that are neither paused nor held; with a report, say
-        there which kind of stop left an account out."""
+                          report: DispatchReport | None = None,
+                          states: dict[str, control.Control] | None = None) -> list[str]:
+        """Accounts with credentials that are neither paused nor held (by `states`, if the
+        caller read them already); with a report, say there which stop left one out."""
         self.clients.refresh()
-        states = control.read_controls(conn)
+        if states is None:
+            states = control.read_controls(conn)
         sendable = []
         for account in self.clients.accounts:
             state = states.get(account, control.NO_CONTROL)
@@ -194,7 +196,7 @@ class Dispatcher:
         return result
 
     def _recheck(self, account: str, state: control.Control, now: dt.datetime) -> bool | None:
-        if state.next_auth_check_at is not None and state.next_auth_check_at > now:
+        if not state.auth_check_due(now):
             return None
         client = self.clients.client_for(account)
         if client is None:
