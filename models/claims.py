@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from spotler_outbox.models.tables import (
+    MYSQL_FAMILY,
     Status,
     attempt_events,
     attempts_table,
@@ -98,7 +99,7 @@ def claim_due(
     """
     params = {"of_account": account, "n": limit, "token": token, "now": now,
               "until": lease_until}
-    if conn.dialect.name not in ("mysql", "mariadb"):
+    if conn.dialect.name not in MYSQL_FAMILY:
         rows = conn.execute(_claim_statement(), params).all()
         return [ClaimedRow(i, orderid, payload, attempts, since, bool(validated))
                 for i, orderid, payload, attempts, since, validated in rows]

@@ -12,6 +12,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 
 from spotler_outbox.models.errors import ConfigurationError
+from spotler_outbox.models.tables import MYSQL_FAMILY
 
 SUPPORTED_BACKENDS = ("postgresql", "mysql", "mariadb", "sqlite")
 
@@ -30,7 +31,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
     # hide_parameters: an error message must not carry payloads (e-mail addresses) to logs.
     options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True, **kwargs}
-    if backend in ("mysql", "mariadb"):
+    if backend in MYSQL_FAMILY:
         # REPEATABLE READ takes gap locks that make SKIP LOCKED claims block each other.
         options.setdefault("isolation_level", "READ COMMITTED")
         if "+" not in parsed.drivername and not _installed("MySQLdb"):

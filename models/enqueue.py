@@ -13,10 +13,9 @@ from sqlalchemy.orm import Session, scoped_session
 from spotler_outbox.models import wakeup
 from spotler_outbox.models.accounts import row_account
 from spotler_outbox.models.settings import Settings, get_settings
-from spotler_outbox.models.tables import OutboxEvent
+from spotler_outbox.models.tables import MYSQL_FAMILY, OutboxEvent
 from spotler_outbox.models.validation import canonical_json, validate_purchase
 
-MYSQL_FAMILY = ("mysql", "mariadb")
 _table = cast(sa.Table, OutboxEvent.__table__)
 _KEY = ("account", "event", "orderid")  # the outbox's unique key
 SessionLike = Session | scoped_session[Any] | sa.Connection

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from spotler_outbox.models.errors import UsageError
-from spotler_outbox.models.retention import PURGED_PAYLOAD, attempts_of
+from spotler_outbox.models.retention import PURGED_PAYLOAD, attempts_of, compacted_values
 from spotler_outbox.models.tables import Status, attempts_table, control, events
 from spotler_outbox.models.validation import hash_email_address
 
@@ -178,9 +178,7 @@ def erase(conn: sa.Connection, plan: ErasurePlan, *, now: dt.datetime) -> Erasur
         )).rowcount)
         delivered = int(conn.execute(events.update().where(
             events.c.id.in_(ids), events.c.status == Status.DELIVERED.value).values(
-            payload=PURGED_PAYLOAD, validated=False, last_error=None, purged_at=now,
-            updated_at=now,
-        )).rowcount)
+            compacted_values(now))).rowcount)
     attempts = 0
     if plan.attempt_ids:
         attempts = int(conn.execute(attempts_table.update().where(

@@ -18,6 +18,7 @@ import secrets
 from dataclasses import dataclass
 
 from spotler_outbox.models.errors import UsageError
+from spotler_outbox.models.tables import MYSQL_FAMILY
 
 VIEWS = ("outbox_status_summary", "outbox_failures")
 _READ_VIEWS = {view: ("SELECT",) for view in VIEWS}
@@ -76,7 +77,7 @@ def grant_statements(dialect: str, database: str, users: list[Login], *,
     """The statements, one per line, for PostgreSQL or the MySQL family (MariaDB, MySQL 8)."""
     if dialect == "postgresql":
         return _postgresql(database, users, schema)
-    if dialect in ("mysql", "mariadb"):
+    if dialect in MYSQL_FAMILY:
         return _mysql(database, users, host)
     raise UsageError(f"grants: {dialect} has no users or privileges; protect the database "
                      "file with file permissions instead")

@@ -66,6 +66,13 @@ def pick_unpurged(
     return [(int(r.id), r.delivered_at) for r in rows]
 
 
+def compacted_values(now: dt.datetime) -> dict[str, object]:
+    """What compacting leaves of a delivered row (retention, erasure): its key, no payload.
+    An emptied payload is no longer what enqueue validated."""
+    return {"payload": PURGED_PAYLOAD, "validated": False, "last_error": None,
+            "purged_at": now, "updated_at": now}
+
+
 def compact_delivered(
     conn: sa.Connection, ids: Sequence[int], *, before: dt.datetime, now: dt.datetime
 ) -> int:
@@ -76,8 +83,7 @@ def compact_delivered(
     compacted = int(conn.execute(
         events.update().where(events.c.id.in_(list(ids)), _UNPURGED_DELIVERED,
                               events.c.delivered_at < before)
-        .values(payload=PURGED_PAYLOAD, validated=False, last_error=None, purged_at=now,
-                updated_at=now)
+        .values(compacted_values(now))
     ).rowcount)
     # The links are deleted explicitly: rows are kept, so no ON DELETE CASCADE would fire.
     drop_attempt_links(conn, ids)

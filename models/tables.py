@@ -13,6 +13,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from spotler_outbox.models.clock import as_utc
 
+# MariaDB and MySQL 8, one dialect family: no RETURNING, no partial indexes, gap locks.
+MYSQL_FAMILY = ("mysql", "mariadb")
+
 
 class Status(enum.StrEnum):
     PENDING = "pending"
@@ -35,7 +38,7 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
-        if dialect.name in ("mysql", "mariadb"):
+        if dialect.name in MYSQL_FAMILY:
             return dialect.type_descriptor(mysql.DATETIME(fsp=6))
         return dialect.type_descriptor(sa.DateTime(timezone=dialect.name == "postgresql"))
 

@@ -19,9 +19,10 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from spotler_outbox.models import wakeup
-from spotler_outbox.models.enqueue import MYSQL_FAMILY, compiled_statements, outbox_values
+from spotler_outbox.models.enqueue import compiled_statements, outbox_values
 from spotler_outbox.models.errors import ConfigurationError
 from spotler_outbox.models.settings import Settings, get_settings
+from spotler_outbox.models.tables import MYSQL_FAMILY
 
 __all__ = ["Enqueued", "enqueue_purchase", "wake_workers"]
 

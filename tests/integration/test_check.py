@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from spotler_outbox.models.settings import reset_settings
-from spotler_outbox.worker.console.cli import main
 from spotler_outbox.worker.fake_spotler.server import RunningFakeApi, start_fake_api
+from tests.integration.fixtures import run_cli
 
 ACCOUNT, API_KEY = "acct-check", "check-key-that-must-never-show"
 EMAIL = "tester@example.com"
@@ -35,10 +35,9 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningFakeApi]:
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    assert API_KEY not in captured.out + captured.err
-    return code, captured.out
+    code, out, err = run_cli(capsys, *argv)
+    assert API_KEY not in out + err
+    return code, out
 
 
 def shown_body(out: str) -> dict[str, Any]:
