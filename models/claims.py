@@ -106,12 +106,12 @@ def claim_due(
     # MariaDB has no UPDATE ... RETURNING (lock the rows, then update them by id), and no
     # locking read inside a UNION: a statement per status.
     claimed: list[ClaimedRow] = []
-    pick, update = _claim_statements_mariadb()
+    pick, updates = _claim_statements_mariadb()
     for status in (Status.IN_FLIGHT.value, Status.PENDING.value):
         locked = conn.execute(pick, {**params, "from_status": status,
                                      "n": limit - len(claimed)}).all()
         if locked:
-            conn.execute(update, {**params, "ids": [r.id for r in locked]})
+            conn.execute(updates[status], {**params, "ids": [r.id for r in locked]})
             claimed += [ClaimedRow(r.id, r.orderid, r.payload, r.attempts + 1, r.since,
                                    bool(r.validated)) for r in locked]
         if len(claimed) >= limit:
@@ -122,6 +122,11 @@ def claim_due(
 _CLAIMED_COLUMNS = (events.c.id, events.c.orderid, events.c.payload, events.c.attempts,
                     sa.func.coalesce(events.c.requeued_at, events.c.created_at).label("since"),
                     events.c.validated)
+# A row still in flight when its lease ran out was claimed by a worker that never recorded an
+# answer (it crashed, or the database refused the record): its request may have reached
+# Spotler, so the claim that takes it again says so rather than keep a stale reason.
+RECLAIMED_NOTE = ("claimed again: the lease of an earlier claim ran out before its answer was "
+                  "recorded, so that request may have reached Spotler (merged on orderid)")
 # While in flight, next_attempt_at is the lease expiry: one index serves "due" and "expired".
 _CLAIM_VALUES = {
     "status": Status.IN_FLIGHT.value,
@@ -164,16 +169,24 @@ def _claim_statement() -> sa.Executable:
                       .subquery().c.id)
             for status in (Status.IN_FLIGHT, Status.PENDING)]
     either = sa.union_all(*arms).subquery()
+    # SET reads the row as it was, so the status tested here is the one before the claim.
+    reclaimed = sa.case((events.c.status == Status.IN_FLIGHT.value, RECLAIMED_NOTE),
+                        else_=events.c.last_error)
     return (events.update()
             .where(events.c.id.in_(sa.select(either.c.id).limit(sa.bindparam("n"))
                                    .scalar_subquery()))
-            .values(_CLAIM_VALUES).returning(*_CLAIMED_COLUMNS))
+            .values({**_CLAIM_VALUES, "last_error": reclaimed}).returning(*_CLAIMED_COLUMNS))
 
 
 @cache
-def _claim_statements_mariadb() -> tuple[sa.Executable, sa.Executable]:
-    return (_pick(sa.bindparam("from_status"), *_CLAIMED_COLUMNS),
-            events.update().where(_SOME_ROWS).values(_CLAIM_VALUES))
+def _claim_statements_mariadb() -> tuple[sa.Executable, dict[str, sa.Executable]]:
+    # MySQL's SET assigns left to right, each seeing the ones before: a CASE on the status
+    # would read the new one. The status is known per statement here anyway.
+    claim = events.update().where(_SOME_ROWS)
+    return (_pick(sa.bindparam("from_status"), *_CLAIMED_COLUMNS), {
+        Status.PENDING.value: claim.values(_CLAIM_VALUES),
+        Status.IN_FLIGHT.value: claim.values({**_CLAIM_VALUES, "last_error": RECLAIMED_NOTE}),
+    })
 
 
 _RENEW = events.update().where(_CLAIMED_BY_US).values(
@@ -224,6 +237,18 @@ def mark_delivered(
     """Returns how many rows were marked: fewer than `ids` when part of the claim was lost."""
     return int(conn.execute(_MARK_DELIVERED(conn), {"ids": list(ids), "token": token, "now": now,
                                               "http_status": http_status}).rowcount)
+
+
+_NOTE_UNANSWERED = _per_dialect(lambda some: events.update().where(some, _HELD_BY_US).values(
+    last_error=sa.bindparam("note"), updated_at=sa.bindparam("now")))
+
+
+def note_unanswered(conn: sa.Connection, ids: Sequence[int], *, token: str, now: dt.datetime,
+                    note: str) -> None:
+    """Say why rows stay in flight: sent, with no answer recorded. They keep their claim (and
+    the attempt it counted) until the lease runs out."""
+    conn.execute(_NOTE_UNANSWERED(conn), {"ids": list(ids), "token": token, "now": now,
+                                          "note": note})
 
 
 _SCHEDULE_RETRY = events.update().where(_ONE_ROW, _HELD_BY_US).values(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Engine
 
 from spotler_outbox.models.accounts import DEFAULT_ACCOUNT
 from spotler_outbox.models.tables import Status, control, events
@@ -52,6 +53,22 @@ def read_controls(conn: sa.Connection) -> dict[str, Control]:
     """Every account's control row, in one statement: what the sweeper reads before it wakes
     dispatch, and a worker after an empty claim (the claim itself skips stopped accounts)."""
     return {row.account: _control(row) for row in conn.execute(sa.select(control))}
+
+
+def read_all(engine: Engine) -> dict[str, Control]:
+    """read_controls in a transaction of its own: for the account gate and the sweeper."""
+    with engine.begin() as conn:
+        return read_controls(conn)
+
+
+def record_auth_check(engine: Engine, *, account: str, verified: bool, now: dt.datetime,
+                      check_at: dt.datetime) -> None:
+    """What verifyAuth said of a paused account: resume it, or ask again at `check_at`."""
+    with engine.begin() as conn:
+        if verified:
+            resume(conn, now=now, account=account)
+        else:
+            schedule_auth_check(conn, now=now, check_at=check_at, account=account)
 
 
 def _ensure_row(conn: sa.Connection, account: str, now: dt.datetime) -> None:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 
-from spotler_outbox.models.errors import ConfigurationError
+from spotler_outbox.models.errors import AnswerNotRecorded, ConfigurationError
 from spotler_outbox.models.tables import MYSQL_FAMILY
 
 SUPPORTED_BACKENDS = ("postgresql", "mysql", "mariadb", "sqlite")
@@ -46,6 +46,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = sa.create_engine(url, **options)
         _make_sqlite_take_write_locks(engine)
         return engine
+    if parsed.get_driver_name() == "psycopg":
+        # psycopg 3 prepares a statement on the server after a few runs; behind a pooler in
+        # transaction mode (PgBouncer before 1.21, most managed set-ups) the next transaction
+        # may run on another server connection, where it does not exist. The worker's
+        # statements are planned per call anyway (`./dev bench`: no measurable cost).
+        connect_args = {"prepare_threshold": None, **options.pop("connect_args", {})}
+        options["connect_args"] = connect_args
     return sa.create_engine(url, **options)
 
 
@@ -99,6 +106,30 @@ def require_existing_sqlite(engine: Engine) -> None:
             and not path.startswith("file:") and not Path(path).exists()):
         raise ConfigurationError(f"no SQLite outbox at {path}; create it with `spotler-outbox "
                                  "migrate` or point OUTBOX_DATABASE_URL at it")
+
+
+# A node that turned read-only in a failover, or a standby: PostgreSQL's SQLSTATE, and
+# MySQL's and MariaDB's error numbers (--read-only, a READ ONLY transaction, read-only mode).
+_READ_ONLY_SQLSTATES = {"25006"}
+_READ_ONLY_ERRNOS = {1290, 1792, 1836}
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether `error` means the outbox database cannot be used right now (down, unreachable,
+    or read-only after a failover), rather than a bug: an outage is waited out and logged
+    once, a bug is raised with its traceback."""
+    if isinstance(error, AnswerNotRecorded):
+        return True
+    if not isinstance(error, sa.exc.DBAPIError):
+        return False
+    if isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError) \
+            or error.connection_invalidated:
+        return True
+    cause = error.orig
+    if getattr(cause, "sqlstate", None) in _READ_ONLY_SQLSTATES:
+        return True
+    args: tuple[object, ...] = getattr(cause, "args", ())
+    return bool(args) and args[0] in _READ_ONLY_ERRNOS
 
 
 _MISSING_TABLE = re.compile(r"no such table|relation .* does not exist|table .* doesn't exist",

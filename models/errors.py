@@ -29,3 +29,15 @@ class UsageError(OutboxError):
 
 class NotFound(OutboxError):
     """An operator named an order the outbox does not hold."""
+
+
+class AnswerNotRecorded(OutboxError):
+    """Spotler answered a request, but the outbox database would not take the record of it
+    for a lease's length: the rows keep their claim and go again once it runs out."""
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line, the driver's message for a database error: enough for one log
+    line without SQL or parameters (which may carry payloads)."""
+    cause = getattr(error, "orig", None) or error
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]

@@ -18,8 +18,11 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session, scoped_session
 
 DISPATCH_TASK = "spotler_outbox.dispatch"
-# A wake-up older than this is worthless: the sweeper will have run since.
-WAKEUP_EXPIRES_SECONDS = 60
+# A wake-up older than this is worthless (the sweeper has run since): after a long stop of the
+# workers, a backlog of them is dropped instead of costing an empty claim each. The worker
+# judges the age on its host's clock, not the database's: far above any skew NTP leaves, so a
+# host whose clock is a minute or two off still runs them (the workers log such a skew).
+WAKEUP_EXPIRES_SECONDS = 900
 # After a send, commits within this window share the next message: a busy shop sends a few
 # dozen messages a second, not one per order (each costs the order thread GIL time).
 COALESCE_SECONDS = 0.03
@@ -74,8 +77,14 @@ class _Waker:
                 # A broker that is down must cost this thread seconds, not minutes.
                 self._app.conf.broker_transport_options = {"socket_connect_timeout": 2,
                                                            "socket_timeout": 2}
-        self._app.send_task(DISPATCH_TASK, expires=WAKEUP_EXPIRES_SECONDS, retry=False,
-                            ignore_result=True)
+        send_wakeup(self._app)
+
+
+def send_wakeup(app: Any) -> None:
+    """The one way a dispatch task is asked for, by the order system, the sweeper or a
+    dispatch handing over. No arguments: Flower shows them, and the rows are the truth. No
+    retry: a broker that is down fails the send at once (the sweeper covers it)."""
+    app.send_task(DISPATCH_TASK, expires=WAKEUP_EXPIRES_SECONDS, retry=False, ignore_result=True)
 
 
 _wakers: dict[str, _Waker] = {}

@@ -4,13 +4,17 @@ Migration 0004 makes every insert into outbox_events notify the channel below wh
 transaction commits: also rows inserted by PHP or psql, which send no broker message. A thread
 in each worker LISTENs and turns notifications into wake-ups through the same coalescing waker
 as a Python enqueue (a burst of commits becomes one broker message). A lost connection is
-retried with backoff; meanwhile, and on MariaDB and SQLite, the workers' sweeper bounds the wait.
+retried with backoff; meanwhile, behind a pooler in transaction mode (where LISTEN cannot
+work: the listener finds out by a probe and stands down), and on MariaDB and SQLite, the
+workers' sweeper bounds the wait.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,6 +22,7 @@ from celery import bootsteps
 from sqlalchemy.engine import make_url
 
 from spotler_outbox.models.database import shown_url
+from spotler_outbox.models.errors import first_line
 from spotler_outbox.models.settings import get_settings
 from spotler_outbox.models.wakeup import request_dispatch
 
@@ -26,6 +31,8 @@ CHANNEL = "spotler_outbox"
 # How often the thread looks up from waiting to see whether the worker is stopping.
 POLL_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 30.0
+# How long the listener waits to hear its own probe before it concludes it hears nothing.
+PROBE_SECONDS = 5.0
 
 log = logging.getLogger("spotler_outbox.listen")
 
@@ -69,18 +76,45 @@ class Listener:
             try:
                 with self._connect() as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    if not self._hears_a_probe(conn):
+                        log.warning(
+                            "LISTEN on %s hears no notification, not even a probe of its own: "
+                            "a connection pooler in transaction mode (PgBouncer) cannot carry "
+                            "it. Not listening: new rows wait for the sweeper (every %g s)",
+                            shown_url(self.database_url), get_settings().sweep_interval)
+                        return
                     log.info("listening for new outbox rows on %s", shown_url(self.database_url))
                     backoff = 1.0
                     # Rows may have committed while nobody listened.
                     request_dispatch(self.broker_url)
                     self._wait_for_notifications(conn)
-            except Exception as e:  # the sweeper covers every row while this is down
+            except Exception as e:
                 if self.stopping.is_set():
                     return
-                log.warning("LISTEN connection lost (%s); retrying in %.0f s, the sweeper "
-                            "delivers meanwhile", type(e).__name__, backoff)
+                log.warning("LISTEN cannot use %s (%s: %s); trying again in %.0f s. Meanwhile "
+                            "new rows wait for the sweeper, which logs it if the database "
+                            "fails it too", shown_url(self.database_url), type(e).__name__,
+                            first_line(e), backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
+
+    def _hears_a_probe(self, conn: Any) -> bool:
+        """Notify the channel from a second connection and wait to hear it on this one.
+
+        Behind a pooler in transaction mode the LISTEN stays on whichever server connection
+        ran it, and its notifications reach other clients or none: never this one. (From this
+        same connection the probe could come back through that very server connection.)
+        """
+        probe = f"probe-{uuid.uuid4().hex}"
+        with self._connect() as other:
+            other.execute("SELECT pg_notify(%s, %s)", (CHANNEL, probe))
+        deadline = time.monotonic() + PROBE_SECONDS
+        while (left := deadline - time.monotonic()) > 0 and not self.stopping.is_set():
+            for notification in conn.notifies(timeout=min(left, POLL_SECONDS), stop_after=1):
+                if notification.payload == probe:
+                    return True
+                request_dispatch(self.broker_url)  # a row committed meanwhile
+        return self.stopping.is_set()
 
     def _wait_for_notifications(self, conn: Any) -> None:
         while not self.stopping.is_set():

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -21,11 +20,12 @@ from typing import Any
 from celery import bootsteps
 
 from spotler_outbox.models import claims, control, retention
-from spotler_outbox.models.clock import utc_now
+from spotler_outbox.models.clock import clock_for
 from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.errors import first_line
 from spotler_outbox.models.settings import Settings, get_settings
-from spotler_outbox.models.wakeup import DISPATCH_TASK, WAKEUP_EXPIRES_SECONDS
-from spotler_outbox.worker.dispatch import Dispatcher
+from spotler_outbox.models.wakeup import send_wakeup
+from spotler_outbox.worker.dispatch.gate import AccountGate
 
 log = logging.getLogger("spotler_outbox.sweeper")
 
@@ -53,7 +53,7 @@ class _Periodic:
             except Exception as e:  # a timer that dies would silently stop the safety net
                 if not self.failing:
                     log.error("%s failed: %s (%s); trying again every %gs", self.name,
-                              type(e).__name__, _first_line(e), self.interval)
+                              type(e).__name__, first_line(e), self.interval)
                 self.failing = True
             else:
                 if self.failing:
@@ -62,24 +62,19 @@ class _Periodic:
             self.stop.wait(self.interval)
 
 
-def _first_line(error: BaseException) -> str:
-    cause = getattr(error, "orig", None) or error
-    return (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
-
-
 class Timers:
     """The sweep and retention jobs of one worker process, over an engine of their own."""
 
     def __init__(self, settings: Settings, send_dispatch: Callable[[], object]) -> None:
         self.settings = settings
-        self.clock = utc_now
         self.engine = make_engine(settings.database_url)
+        self.clock = clock_for(self.engine)
         # A prefork child inherits this engine's connections: let it drop them unused, so
         # that only this process ever talks on them.
         os.register_at_fork(after_in_child=lambda: self.engine.dispose(close=False))
         self.send_dispatch = send_dispatch
         self.stop = threading.Event()
-        self._dispatcher: Dispatcher | None = None
+        self._gate: AccountGate | None = None
         self.threads = [_Periodic("sweep", settings.sweep_interval, self.sweep, self.stop),
                         _Periodic("retention", RETENTION_CHECK_SECONDS, self.retention,
                                   self.stop)]
@@ -96,14 +91,11 @@ class Timers:
         self.engine.dispose()
 
     @property
-    def dispatcher(self) -> Dispatcher:
+    def gate(self) -> AccountGate:
         """Built on first use: missing credentials stop the sweep (logged), not retention."""
-        if self._dispatcher is None:
-            self._dispatcher = Dispatcher(
-                self.engine, None, self.settings,  # every account's client (models.accounts)
-                worker_name=f"{socket.gethostname()}:{os.getpid()}:timer")
-            self._dispatcher.stopping = self.stop
-        return self._dispatcher
+        if self._gate is None:
+            self._gate = AccountGate(self.engine, self.settings, self.clock)
+        return self._gate
 
     def sweep(self) -> int:
         """Wake dispatch when a row has been due for a whole interval; returns tasks sent.
@@ -117,15 +109,15 @@ class Timers:
             # Per account: a paused account's recheck when due, the others' rows wake dispatch.
             states = control.read_controls(conn)
             check_due = any(state.auth_check_due(now) for state in states.values())
+            sendable, _, _ = self.gate.sendable(states, now)
             # Due for a whole interval: a row just made due is a running dispatch's to take.
-            due = claims.any_due(conn, now - interval,
-                                 self.dispatcher.sendable_accounts(conn, now, states=states))
+            due = claims.any_due(conn, now - interval, sendable)
             if not (check_due or due):
                 return 0
             if not control.take_turn(conn, "sweep", now=now, next_at=now + interval):
                 return 0  # another worker's sweeper acts on this turn
         if check_due:
-            self.dispatcher.recheck_credentials()  # resumed: the next tick wakes dispatch
+            self.gate.recheck_credentials()  # resumed: the next tick wakes dispatch
         if not due:
             return 0
         for _ in range(self.settings.sweep_fanout):
@@ -164,8 +156,7 @@ class Sweeper(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyp
 
     def start(self, parent: Any) -> None:
         app = parent.app
-        self.timers = Timers(get_settings(), lambda: app.send_task(
-            DISPATCH_TASK, expires=WAKEUP_EXPIRES_SECONDS))
+        self.timers = Timers(get_settings(), lambda: send_wakeup(app))
         self.timers.start()
 
     def stop(self, parent: Any) -> None:

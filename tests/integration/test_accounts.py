@@ -316,10 +316,10 @@ def test_a_429_to_one_accounts_request_leaves_the_other_accounts_batch_claimed_a
     enqueue(engine, settings, BE, [f"BE-{i}" for i in range(3)])
     api.state.set_faults(Faults(rate_limit_seconds=30, latency_ms=300, only_accounts=[BE]))
     dispatcher = Dispatcher(make_engine(database_url), None, settings)
-    pick = dispatcher.claim_order
+    pick = dispatcher.gate.claim_order
     # BE's batch first, so the default account's is the one claimed during BE's request.
-    monkeypatch.setattr(dispatcher, "claim_order", lambda accounts: sorted(
-        pick(accounts), key=lambda account: account != BE))
+    monkeypatch.setattr(dispatcher.gate, "claim_order", lambda: sorted(
+        pick(), key=lambda account: account != BE))
     report = dispatcher.run()
     assert report.released == 3  # BE's own rows, by the hold; none of the default account
     assert {r.status for r in rows(engine, "")} == {"delivered"}

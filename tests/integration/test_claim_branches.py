@@ -37,7 +37,7 @@ def test_a_claim_that_runs_out_of_time_hands_the_unsent_rest_back_without_an_att
                                  connect_timeout=0.5, read_timeout=1.5)
     seed(engine, [f"OT-{i}" for i in range(8)], dispatcher.settings)
     api.state.set_faults(Faults(reject_orderids=["OT-7"], latency_ms=1200))
-    report = dispatcher.run_once()
+    report = dispatcher.run(budget_seconds=0)
     assert report.released > 0
     handed_back = [o for o, s in statuses(engine).items() if s == Status.PENDING]
     assert handed_back
@@ -67,7 +67,7 @@ def test_a_claim_halted_by_a_429_mid_split_hands_the_other_half_back_unsent(
             api.state.set_faults(Faults(rate_limit_seconds=30))
 
     monkeypatch.setattr(dispatcher.client, "track_json", then_throttled)
-    report = dispatcher.run_once()
+    report = dispatcher.run(budget_seconds=0)
     assert report.rate_limited
     assert [r["status"] for r in api.state.request_log()] == [400, 429]  # not the other half
     assert set(statuses(engine).values()) == {Status.PENDING}
@@ -95,7 +95,7 @@ def test_a_claim_that_lost_part_of_its_rows_before_sending_sends_nothing_more(
             steal(engine, stolen)
 
     monkeypatch.setattr(dispatcher.client, "track_json", first_request_then_a_theft)
-    report = dispatcher.run_once()
+    report = dispatcher.run(budget_seconds=0)
     assert report.lost_claims == 1 and report.requests == 1
     assert len(api.state.request_log()) == 1  # nothing sent once the claim was incomplete
     result = statuses(engine)
@@ -121,7 +121,7 @@ def test_rows_sent_after_their_claim_passed_to_another_worker_are_not_marked_by_
 
     monkeypatch.setattr(dispatcher.client, "track_json", sent_while_the_lease_passed)
     with caplog.at_level(logging.ERROR):
-        report = dispatcher.run_once()
+        report = dispatcher.run(budget_seconds=0)
     assert (report.delivered, report.lost_claims) == (1, 1)
     assert row(engine, "LC-1").status == Status.DELIVERED
     stolen = row(engine, "LC-2")
@@ -135,7 +135,7 @@ def test_a_row_claimed_more_often_than_its_attempts_allow_is_parked_without_a_re
     dispatcher = make_dispatcher(database_url, api, max_attempts=3)
     # Three claims ended with no answer recorded (the worker was killed each time).
     seed_row(engine, "CR-1", attempts=3)
-    dispatcher.run_once()
+    dispatcher.run(budget_seconds=0)
     parked = row(engine, "CR-1")
     assert parked.status == Status.FAILED
     assert "gave up: claimed 3 times without an answer being recorded" in parked.last_error
@@ -148,7 +148,7 @@ def test_a_429_without_retry_after_still_holds_every_worker_for_a_first_backoff_
     dispatcher = make_dispatcher(database_url, api, backoff_base=1.0, backoff_cap=1.0)
     seed(engine, ["RA-1"], dispatcher.settings)
     api.state.set_faults(Faults(fail_next=1, error_status=429))  # no Retry-After header
-    report = dispatcher.run_once()
+    report = dispatcher.run(budget_seconds=0)
     assert report.rate_limited
     assert "Retry-After" not in str(api.state.request_log())
     assert row(engine, "RA-1").attempts == 0
@@ -156,7 +156,7 @@ def test_a_429_without_retry_after_still_holds_every_worker_for_a_first_backoff_
         state = control.read_control(conn)
     now = dt.datetime.now(dt.UTC)
     assert state.rate_limited(now)  # held: base 1 s, jittered, plus 1 s
-    assert dispatcher.run_once().rate_limited
+    assert dispatcher.run(budget_seconds=0).rate_limited
     assert len(api.state.request_log()) == 1
     drain(dispatcher)
     assert row(engine, "RA-1").status == Status.DELIVERED
@@ -169,12 +169,12 @@ def test_the_end_of_a_credentials_pause_gives_the_waiting_rows_a_full_retry_wind
     two_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
     seed_row(engine, "PW-1", created_at=two_days_ago)
     api.state.set_credentials(ACCOUNT, "rotated")
-    assert dispatcher.run_once().paused
+    assert dispatcher.run(budget_seconds=0).paused
     api.state.set_credentials(ACCOUNT, API_KEY)
     time.sleep(0.25)  # the next credential check is due
     assert dispatcher.recheck_credentials() is True
     api.state.set_faults(Faults(fail_next=1, error_status=503))
-    dispatcher.run_once()
+    dispatcher.run(budget_seconds=0)
     # Two days old, max age one hour: without the fresh window it would be failed now.
     assert row(engine, "PW-1").status == Status.PENDING
     drain(dispatcher)

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -15,8 +16,7 @@ from sqlalchemy.engine import Engine
 from spotler_outbox.models import claims
 from spotler_outbox.models.database import make_engine
 from spotler_outbox.models.tables import DeliveryAttempt, Status
-from spotler_outbox.worker.dispatch import Dispatcher
-from spotler_outbox.worker.dispatch.context import DispatchReport
+from spotler_outbox.worker.dispatch import Dispatcher, DispatchReport, batch
 from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi, start_fake_api
 from spotler_outbox.worker.spotler.client import SpotlerClient
 from tests.conftest import purchase
@@ -307,7 +307,7 @@ def test_an_operator_retry_of_an_old_order_gets_a_full_retry_window(
                       else two_days_ago})
         operations.retry_failed(conn, "OLD-1", now=dt.datetime.now(dt.UTC))
     api.state.set_faults(Faults(fail_next=1, error_status=503))
-    dispatcher.run_once()
+    dispatcher.run(budget_seconds=0)
     assert row(engine, "OLD-1").status == Status.PENDING  # retried, not failed for its age
     drain(dispatcher)
     assert row(engine, "OLD-1").status == Status.DELIVERED
@@ -346,13 +346,13 @@ def test_a_claim_that_outlasts_its_lease_renews_it_so_no_other_worker_can_take_i
     seed(engine, [f"N-{i}" for i in range(8)], settings)
     api.state.set_faults(Faults(reject_orderids=["N-5"], latency_ms=400))
     result: dict[str, DispatchReport] = {}
-    running = threading.Thread(target=lambda: result.update(holder=holder.run_once()))
+    running = threading.Thread(target=lambda: result.update(holder=holder.run(budget_seconds=0)))
     running.start()
     while running.is_alive() and not api.state.request_log():
         time.sleep(0.01)  # the holder has claimed every row and sent its first request
     taken_by_other = 0
     while running.is_alive():
-        taken_by_other += other.run_once().claimed
+        taken_by_other += other.run(budget_seconds=0).claimed
         time.sleep(0.05)
     running.join()
     assert taken_by_other == 0
@@ -363,22 +363,58 @@ def test_a_claim_that_outlasts_its_lease_renews_it_so_no_other_worker_can_take_i
     assert all(n == 1 for n in api.state.received()["orderids"].values())
 
 
-def test_an_unexpected_error_mid_claim_hands_every_row_back_without_an_attempt(
+def test_an_unexpected_error_before_the_request_hands_every_row_back_without_an_attempt(
     database_url: str, engine: Engine, api: RunningFakeApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dispatcher = make_dispatcher(database_url, api)
     seed(engine, ["U-1", "U-2"], dispatcher.settings)
 
-    def explode(events: object) -> object:
+    def explode(*args: object) -> object:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(dispatcher.client, "track_json", explode)
+    monkeypatch.setattr(batch, "unsendable_reason", explode)
     with pytest.raises(RuntimeError):
-        dispatcher.run_once()
+        dispatcher.run(budget_seconds=0)
+    assert api.state.request_log() == []
     for orderid in ("U-1", "U-2"):
         assert row(engine, orderid).status == Status.PENDING
         assert row(engine, orderid).attempts == 0
         assert row(engine, orderid).claim_token is None
+        assert "not sent" in row(engine, orderid).last_error
+
+
+def test_an_unexpected_error_once_the_request_left_keeps_the_rows_claimed_until_their_lease_ends(
+    database_url: str, engine: Engine, api: RunningFakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The request may have reached Spotler: never handed back as unsent and due at once, but
+    # kept in flight, the attempt counted and the doubt written down, until the lease ends.
+    settings = delivery_settings(database_url, api.url, lease_seconds=7.0,
+                                 connect_timeout=0.5, read_timeout=1.5)
+    dispatcher = Dispatcher(make_engine(database_url), SpotlerClient(settings), settings,
+                            clock=fast_clock(4.0))
+    seed(engine, ["UL-1", "UL-2"], settings)
+    track = dispatcher.client.track_json
+
+    def sent_then_a_bug(events: Any) -> Any:
+        track(events)
+        raise RuntimeError("a bug after the request")
+
+    monkeypatch.setattr(dispatcher.client, "track_json", sent_then_a_bug)
+    with pytest.raises(RuntimeError):
+        dispatcher.run(budget_seconds=0)
+    for orderid in ("UL-1", "UL-2"):
+        kept = row(engine, orderid)
+        assert (kept.status, kept.attempts) == (Status.IN_FLIGHT, 1)
+        assert kept.claim_token is not None
+        assert "sent to Spotler, but its answer could not be recorded" in kept.last_error
+    assert dispatcher.run(budget_seconds=0).claimed == 0  # still under its lease
+    monkeypatch.undo()
+    time.sleep(2.0)  # the 7 s lease on the 4x clock
+    drain(dispatcher)
+    for orderid in ("UL-1", "UL-2"):
+        assert (row(engine, orderid).status, row(engine, orderid).attempts) == (
+            Status.DELIVERED, 2)
+    assert api.state.received()["orderids"] == {"UL-1": 2, "UL-2": 2}
 
 
 def test_a_redirect_on_track_pauses_dispatch_parks_nothing_and_everything_goes_once_it_stops(
@@ -418,13 +454,13 @@ def test_a_trickling_answer_is_cut_at_the_deadline_so_no_other_claim_sends_the_r
     seed(engine, [f"TR-{i}" for i in range(5)], first.settings)
     api.state.set_faults(Faults(trickle_next=1, trickle_seconds=12.0))
     outcome: dict[str, object] = {}
-    slow = threading.Thread(target=lambda: outcome.update(report=first.run_once()))
+    slow = threading.Thread(target=lambda: outcome.update(report=first.run(budget_seconds=0)))
     started = time.monotonic()
     slow.start()
     # The other worker keeps claiming whatever is due, as a busy outbox would.
     while time.monotonic() - started < 14 and not all(
             s == Status.DELIVERED for s in statuses(engine).values()):
-        second.run_once()
+        second.run(budget_seconds=0)
         time.sleep(0.2)
     slow.join(20)
     drain(second)

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from spotler_outbox.models.tables import Status
 from spotler_outbox.worker.dispatch import Dispatcher, DispatchReport
-from spotler_outbox.worker.dispatch.batch import Claim
+from spotler_outbox.worker.dispatch.batch import Turn
 from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi
 from tests.integration.fixtures import row, seed, statuses
 from tests.integration.test_dispatch import make_dispatcher
@@ -114,8 +114,8 @@ def test_a_claim_made_ahead_gives_its_rows_back_before_its_lease_runs_out_if_kep
     # lease 9 s, a request needs 1 + 2 + 5 s of it: kept waiting over 1 s, it must give up.
     dispatcher = make_dispatcher(database_url, api, batch_size=2, lease_seconds=9.0)
     seed(engine, ["PW-1", "PW-2"], dispatcher.settings)
-    never_answered = Claim(dispatcher.ctx, "none", dispatcher.ctx.clock(), DispatchReport(), [])
-    claim = dispatcher._claim(DispatchReport(), after=never_answered)
+    never_answered = Turn("")
+    claim = dispatcher.claim_next(after=never_answered)
     assert claim is not None
     claim.send_all()
     assert api.state.request_log() == []
@@ -124,4 +124,4 @@ def test_a_claim_made_ahead_gives_its_rows_back_before_its_lease_runs_out_if_kep
         assert back.status == Status.PENDING and back.attempts == 0
         assert "the request before it took too long" in back.last_error
         # Handed back while the lease still held: no other worker could have claimed them.
-        assert back.updated_at < claim.lease_until - dt.timedelta(seconds=7)
+        assert back.updated_at < claim.ledger.lease_until - dt.timedelta(seconds=7)

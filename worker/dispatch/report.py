@@ -1,35 +1,15 @@
-"""The few things a claim needs from its dispatcher, as one frozen value, and its report."""
+"""What a dispatch run did: the counts Flower shows as the dispatch task's result."""
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-from sqlalchemy.engine import Engine
-
-from spotler_outbox.models.settings import Settings
-from spotler_outbox.worker.dispatch.retry_policy import Jitter, RetryPolicy
-from spotler_outbox.worker.spotler.client import SpotlerClient
-
-Clock = Callable[[], dt.datetime]
-
-
-@dataclass(frozen=True)
-class DispatchContext:
-    engine: Engine
-    client: SpotlerClient | None  # the claim's account's client (None outside a claim)
-    settings: Settings
-    policy: RetryPolicy
-    clock: Clock
-    jitter: Jitter
-    worker_name: str
-    account: str = ""  # the account of the claim's rows, as they store it
+from spotler_outbox.models.ledger import Settled
 
 
 @dataclass
 class DispatchReport:
-    """What one dispatch run did: the counts Flower shows as the task's result."""
+    """Output only: nothing reads it to decide what to do next."""
 
     claimed: int = 0
     delivered: int = 0
@@ -37,6 +17,8 @@ class DispatchReport:
     failed: int = 0
     released: int = 0
     requests: int = 0
+    # Rows whose claim passed to another worker while this one held them: the one count that
+    # signals a possible repeat.
     lost_claims: int = 0
     batches: int = 0
     paused: bool = False  # a 401/403 or a redirect stops its account on every worker
@@ -48,7 +30,16 @@ class DispatchReport:
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
             setattr(self, f.name, (mine or theirs) if isinstance(mine, bool) else mine + theirs)
 
+    def add_settled(self, settled: Settled) -> None:
+        """What one answer did; released and lost rows are counted by the claim's ledger."""
+        self.delivered += settled.delivered
+        self.retried += settled.retried
+        self.failed += settled.failed
+        self.paused = self.paused or settled.paused
+        self.rate_limited = self.rate_limited or settled.rate_limited
+
     def as_result(self) -> dict[str, int | bool]:
         return {"claimed": self.claimed, "delivered": self.delivered, "retried": self.retried,
                 "failed": self.failed, "released": self.released, "requests": self.requests,
-                "paused": self.paused, "rate_limited": self.rate_limited}
+                "lost_claims": self.lost_claims, "paused": self.paused,
+                "rate_limited": self.rate_limited}
