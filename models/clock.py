@@ -57,8 +57,10 @@ class DatabaseClock:
     """
 
     def __init__(self, engine: Engine, *, host: Clock = utc_now,
-                 remeasure_seconds: float = REMEASURE_SECONDS) -> None:
+                 remeasure_seconds: float = REMEASURE_SECONDS, log_skew: bool = False) -> None:
+        """`log_skew`: say so when the host is off (one clock per worker does: its timers')."""
         self.engine = engine
+        self.log_skew = log_skew
         self.host = host
         self.remeasure_seconds = remeasure_seconds
         self.offset = dt.timedelta(0)
@@ -90,7 +92,8 @@ class DatabaseClock:
                 return
             assert database is not None
             self.offset = database - (before + (after - before) / 2)
-            self._log_skew(self.offset.total_seconds())
+            if self.log_skew:
+                self._log_skew(self.offset.total_seconds())
 
     def _log_skew(self, seconds: float) -> None:
         skewed = abs(seconds) > SKEW_WORTH_LOGGING_SECONDS
@@ -105,6 +108,8 @@ class DatabaseClock:
             self._logged_skew = None
 
 
-def clock_for(engine: Engine) -> Clock:
+def clock_for(engine: Engine, *, log_skew: bool = False) -> Clock:
     """The clock a worker or an operator's command uses on this database."""
-    return DatabaseClock(engine) if engine.dialect.name in _DATABASE_TIME else utc_now
+    if engine.dialect.name not in _DATABASE_TIME:
+        return utc_now
+    return DatabaseClock(engine, log_skew=log_skew)

@@ -47,11 +47,12 @@ def celery_config() -> dict[str, Any]:
         "broker_transport_options": _transport_options(settings.broker_url, lease),
         "task_ignore_result": True,
         "task_store_errors_even_if_ignored": False,
-        # A dispatch starts no batch after its budget and hands a claim back once it has run
-        # a lease's length, so one run ends within budget + lease + a request + its commit.
-        # The hard limit only catches a hang. No soft limit: its exception can land between
-        # Spotler's 2xx and the commit that records it.
-        "task_time_limit": (settings.dispatch_time_budget + 2 * lease
+        # A dispatch starts no batch after its budget and sends nothing once a claim has run
+        # a lease's length (its lease then reaches at most two leases past its start); the
+        # record of an answer is retried through a database outage for one lease more
+        # (models.ledger). The hard limit only catches a hang. No soft limit: its exception
+        # can land between Spotler's 2xx and the commit that records it.
+        "task_time_limit": (settings.dispatch_time_budget + 3 * lease
                             + settings.connect_timeout + settings.read_timeout),
         "worker_send_task_events": True,
         "task_send_sent_event": True,

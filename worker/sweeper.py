@@ -68,7 +68,9 @@ class Timers:
     def __init__(self, settings: Settings, send_dispatch: Callable[[], object]) -> None:
         self.settings = settings
         self.engine = make_engine(settings.database_url)
-        self.clock = clock_for(self.engine)
+        # Every worker runs these timers once, in its main process: its clock says when the
+        # host's is off the database's.
+        self.clock = clock_for(self.engine, log_skew=True)
         # A prefork child inherits this engine's connections: let it drop them unused, so
         # that only this process ever talks on them.
         os.register_at_fork(after_in_child=lambda: self.engine.dispose(close=False))

@@ -1,4 +1,5 @@
-"""Fixtures shared by the integration tests: a fresh fake Spotler API and an empty broker."""
+"""Fixtures shared by the integration tests: a fresh fake Spotler API, an empty broker, and
+throwaway PostgreSQL and Redis servers for the tests that stop, crash or flip them."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from spotler_outbox import migrations
 from spotler_outbox.models.settings import reset_settings
 from spotler_outbox.worker.fake_spotler.server import RunningFakeApi, start_fake_api
 from tests.integration.fixtures import ACCOUNT, API_KEY
 from tests.integration.workers import redis_or_skip
+from tests.services import ThrowawayPostgres, ThrowawayRedis
 
 
 @pytest.fixture
@@ -36,3 +39,19 @@ def cli_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
     reset_settings()
     yield database_url
     reset_settings()
+
+
+@pytest.fixture
+def postgres() -> Iterator[ThrowawayPostgres]:
+    """A migrated PostgreSQL server of the test's own, to stop, crash or turn read-only."""
+    server = ThrowawayPostgres()
+    migrations.upgrade(server.url)
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[ThrowawayRedis]:
+    server = ThrowawayRedis()
+    yield server
+    server.destroy()

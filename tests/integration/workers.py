@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,9 +64,11 @@ def worker_environment(database_url: str, api_url: str, *, as_role: str | None =
 
 class WorkerProcess:
     def __init__(self, name: str, env: dict[str, str], log_dir: Path, *,
-                 concurrency: int = 2, pool: str = "prefork") -> None:
+                 concurrency: int = 2, pool: str = "prefork",
+                 prefix: Sequence[str] = ()) -> None:
+        """`prefix`: a command the worker runs under (libfaketime's `faketime`, say)."""
         self.log_path = log_dir / f"{name}.log"
-        command = [sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "worker",
+        command = [*prefix, sys.executable, "-m", "celery", "-A", "spotler_outbox.worker", "worker",
                    "--loglevel=INFO", f"--hostname={name}@%h", f"--pool={pool}",
                    f"--concurrency={concurrency}", "--without-mingle", "--without-gossip"]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
@@ -105,8 +107,10 @@ class WorkerProcess:
 
 @contextmanager
 def running_worker(name: str, env: dict[str, str], log_dir: Path, *,
-                   concurrency: int = 2, pool: str = "prefork") -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(name, env, log_dir, concurrency=concurrency, pool=pool)
+                   concurrency: int = 2, pool: str = "prefork",
+                   prefix: Sequence[str] = ()) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(name, env, log_dir, concurrency=concurrency, pool=pool,
+                           prefix=prefix)
     try:
         worker.wait_ready()
         yield worker
