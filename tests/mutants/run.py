@@ -160,12 +160,13 @@ def run_mutant(mutant: Mutant | None, tests: Sequence[str], slot: int, scratch: 
             shutil.rmtree(copy, ignore_errors=True)
 
 
+def unknown(catalogue: Catalogue, ids: Sequence[str], rows: Sequence[str]) -> list[str]:
+    return ([i for i in ids if i not in {m.id for m in catalogue.mutants}]
+            + [f"row {r}" for r in rows if r not in catalogue.rows])
+
+
 def select(catalogue: Catalogue, ids: Sequence[str], rows: Sequence[str],
            fast: bool) -> list[Mutant]:
-    unknown = [i for i in ids if i not in {m.id for m in catalogue.mutants}]
-    unknown += [f"row {r}" for r in rows if r not in catalogue.rows]
-    if unknown:
-        raise SystemExit(f"./dev mutants: no such mutant or row: {', '.join(unknown)}")
     return [m for m in catalogue.mutants
             if (not ids or m.id in ids) and (not rows or m.row in rows) and (m.fast or not fast)]
 
@@ -184,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--catalogue", type=Path, default=CATALOGUE)
     args = parser.parse_args(argv)
     catalogue = load(args.catalogue)
+    missing = unknown(catalogue, args.ids, args.row)
+    if missing:
+        parser.error(f"no such mutant or row: {', '.join(missing)}")
     problems = check(catalogue)
     for problem in problems:
         print(f"STALE    {problem}")
@@ -194,11 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check or problems:
         print(f"{len(catalogue.mutants)} mutants, {len(problems)} problems")
         return 1 if problems else 0
+    if args.baseline:
+        return 0 if _baseline(chosen, args) else 1
     started = time.monotonic()
-    outcomes = _run_all(chosen, args) if not args.baseline else _baseline(chosen, args)
+    outcomes = _run_all(chosen, args)
     _summary(catalogue, outcomes, time.monotonic() - started)
-    return 0 if all(o.verdict == ("survived" if args.baseline else "killed")
-                    for o in outcomes) else 1
+    return 0 if all(o.verdict == "killed" for o in outcomes) else 1
 
 
 def _run_all(chosen: list[Mutant], args: argparse.Namespace) -> list[Outcome]:
@@ -234,14 +239,21 @@ def _run_all(chosen: list[Mutant], args: argparse.Namespace) -> list[Outcome]:
     return outcomes
 
 
-def _baseline(chosen: list[Mutant], args: argparse.Namespace) -> list[Outcome]:
+def _baseline(chosen: list[Mutant], args: argparse.Namespace) -> bool:
+    """Whether the chosen mutants' tests all pass on the unmutated copy."""
     tests = list(dict.fromkeys(t for m in chosen for t in m.tests))
     scratch = Path(tempfile.mkdtemp(prefix="spotler-mutants-"))
     started = time.monotonic()
     verdict, detail = run_mutant(None, tests, 0, scratch, args.keep)
-    print(f"baseline: {len(tests)} test ids unmutated: {verdict} ({detail}); "
-          f"log: {scratch / 'baseline' / 'pytest.log'}")
-    return [Outcome(m, verdict, time.monotonic() - started, detail) for m in chosen]
+    passed = verdict == "survived"
+    print(f"baseline: {len(tests)} test ids, unmutated, in {time.monotonic() - started:.0f}s: "
+          f"{'all passed' if passed else 'FAILED' if verdict == 'killed' else verdict} "
+          f"({detail})")
+    if passed and not args.keep:
+        shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        print(f"log: {scratch / 'baseline' / 'pytest.log'}")
+    return passed
 
 
 def _list(catalogue: Catalogue, chosen: list[Mutant]) -> None:
