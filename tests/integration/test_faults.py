@@ -79,12 +79,13 @@ def log_claims(engine: Engine) -> None:
                              "EXECUTE FUNCTION log_claim()"))
 
 
-def server_time(engine: Engine) -> Any:
+def server_time(engine: Engine) -> dt.datetime:
     with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+        now: dt.datetime = conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+        return now
 
 
-def claims_since(engine: Engine, since: Any) -> int:
+def claims_since(engine: Engine, since: dt.datetime) -> int:
     with engine.connect() as conn:
         return int(conn.execute(sa.text("SELECT count(*) FROM claim_log WHERE at > :t"),
                                 {"t": since}).scalar_one())
