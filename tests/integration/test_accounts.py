@@ -326,3 +326,21 @@ def test_a_429_to_one_accounts_request_leaves_the_other_accounts_batch_claimed_a
     assert {(r.status, r.attempts) for r in rows(engine, BE)} == {("pending", 0)}
     assert [(e["account"], e["status"]) for e in api.state.request_log()] == [
         (BE, 429), (ACCOUNT, 200)]
+
+
+def test_a_429_holds_its_account_and_only_it_whichever_account_a_worker_claims_first(
+    engine: Engine, database_url: str, api: RunningFakeApi, tmp_path: Path
+) -> None:
+    # Held first, with rows left, before the other account has any: no claim order can let
+    # the other account's batch slip through before the hold, nor the held one's after it.
+    settings = settings_for(database_url, api, tmp_path, batch_size=10)
+    enqueue(engine, settings, BE, [f"BE-{i}" for i in range(20)])
+    api.state.set_faults(Faults(rate_limit_seconds=30, only_accounts=[BE]))
+    dispatcher = Dispatcher(make_engine(database_url), None, settings)
+    assert dispatcher.run().rate_limited
+    enqueue(engine, settings, None, [f"NL-{i}" for i in range(20)])
+    report = dispatcher.run()
+    assert report.delivered == 20
+    assert by_account(api) == {ACCOUNT: {f"NL-{i}": 1 for i in range(20)}}
+    assert {(r.status, r.attempts) for r in rows(engine, BE)} == {("pending", 0)}
+    assert [e["account"] for e in api.state.request_log() if e["status"] == 429] == [BE]

@@ -101,13 +101,15 @@ def test_429_with_retry_after_means_no_request_before_the_time(
     tmp_path: Path,
 ) -> None:
     with running_worker("w1", env, tmp_path):
-        api.state.set_faults(Faults(rate_limit_seconds=2.0))
+        # Retry-After: 4, far from the hold without the header (a first backoff step of at
+        # most 0.1 s plus 1 s), even with the sweeper's wait on top of that.
+        api.state.set_faults(Faults(rate_limit_seconds=4.0))
         limited_from = time.time()
         enqueue_orders(engine, producer_settings(server_database_url), ["L-1", "L-2"])
         wait_for(lambda: all_settled(engine, 2), 30, "delivery after the rate limit")
     log = api.state.request_log()
     first_429 = next(e for e in log if e["status"] == 429)
-    retry_at = limited_from + 2.0
+    retry_at = limited_from + 4.0
     later = [e for e in log if e["at"] > first_429["at"] + 0.25]
     # Requests already in flight when the first 429 came back may land with it; after that,
     # nothing reaches the API until Retry-After has passed.

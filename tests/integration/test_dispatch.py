@@ -27,6 +27,7 @@ from tests.integration.fixtures import (
     insert_raw,
     row,
     seed,
+    seed_row,
     statuses,
 )
 
@@ -104,6 +105,8 @@ def test_a_poison_event_inside_a_batch_is_parked_and_the_rest_delivered(
     assert "P-11" in (row(engine, "P-11").last_error or "")
     assert row(engine, "P-11").last_http_status == 400
     assert all(count == 1 for count in api.state.received()["orderids"].values())
+    # Halving: 16, then two halves per level down to the one bad event (each alone: 17).
+    assert sorted(r["events"] for r in api.state.request_log()) == [1, 1, 2, 2, 4, 4, 8, 8, 16]
 
 
 def test_a_stretch_of_server_errors_is_retried_with_backoff_until_delivered(
@@ -184,7 +187,9 @@ def test_a_429_holds_every_request_until_retry_after_has_passed(
 ) -> None:
     dispatcher = make_dispatcher(database_url, api)
     seed(engine, ["L-1"], dispatcher.settings)
-    api.state.set_faults(Faults(rate_limit_seconds=1.0))
+    # Retry-After: 3, three times the hold without the header (a first backoff step of
+    # 0.05 s plus 1 s): a hold that ignored the header would knock again after about 1 s.
+    api.state.set_faults(Faults(rate_limit_seconds=3.0))
     assert dispatcher.run().rate_limited
     assert row(engine, "L-1").attempts == 0
     assert dispatcher.run().rate_limited  # no request while held
@@ -192,7 +197,7 @@ def test_a_429_holds_every_request_until_retry_after_has_passed(
     drain(dispatcher)
     log = api.state.request_log()
     assert log[0]["status"] == 429 and log[-1]["status"] == 200
-    assert log[1]["at"] - log[0]["at"] >= 0.95
+    assert log[1]["at"] - log[0]["at"] >= 2.95
 
 
 def test_a_partial_answer_is_not_recorded_as_delivered_and_each_event_goes_once_more_alone(
@@ -211,6 +216,19 @@ def test_a_partial_answer_is_not_recorded_as_delivered_and_each_event_goes_once_
         outcomes = [r.outcome for r in conn.execute(
             sa.select(DeliveryAttempt).order_by(DeliveryAttempt.id))]
     assert outcomes == ["partial", "delivered", "delivered", "delivered", "delivered"]
+
+
+def test_a_2xx_saying_only_success_false_is_not_taken_as_delivered_and_each_event_goes_again(
+    database_url: str, engine: Engine, api: RunningFakeApi
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=3)
+    orderids = ["SF-1", "SF-2", "SF-3"]
+    seed(engine, orderids, dispatcher.settings)
+    api.state.set_faults(Faults(unsuccessful_next=1))  # 200 {"success": false}, nothing taken
+    dispatcher.run()
+    assert [r["events"] for r in api.state.request_log()] == [3, 1, 1, 1]
+    assert api.state.received()["orderids"] == dict.fromkeys(orderids, 1)
+    assert set(statuses(engine).values()) == {Status.DELIVERED}
 
 
 def test_a_partial_answer_to_a_one_event_request_parks_that_event_with_the_reason(
@@ -289,6 +307,34 @@ def test_an_expired_lease_makes_a_claimed_row_claimable_again_and_the_old_claim_
     with engine.begin() as conn:
         assert claims.mark_delivered(conn, [first[0].id], token="dead-worker",
                                     now=now, http_status=200) == 0
+
+
+def test_a_claim_whose_lease_passed_cannot_touch_a_row_another_claim_now_holds_in_flight(
+    engine: Engine,
+) -> None:
+    seed_row(engine, "E-2")
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as conn:
+        [old] = claims.claim_due(conn, limit=10, token="old", now=now,
+                                 lease_until=now + dt.timedelta(seconds=1))
+    later = now + dt.timedelta(seconds=2)  # the old lease has run out: another worker claims
+    with engine.begin() as conn:
+        [new] = claims.claim_due(conn, limit=10, token="new", now=later,
+                                 lease_until=later + dt.timedelta(minutes=2))
+    assert new.id == old.id
+    # Still in flight, under the new token: every settling statement of the old claim misses.
+    with engine.begin() as conn:
+        assert claims.mark_delivered(conn, [old.id], token="old", now=later,
+                                     http_status=200) == 0
+        assert claims.renew(conn, token="old", now=later, lease_until=later) == 0
+        assert claims.release(conn, token="old", now=later, note="x") == 0
+        assert claims.release(conn, token="old", now=later, note="x", ids=[old.id]) == 0
+        claims.schedule_retries(conn, [claims.ScheduledRetry(old.id, later)], token="old",
+                                now=later, error="x", http_status=503)
+        claims.park(conn, [(old.id, "x")], token="old", now=later)
+    held = row(engine, "E-2")
+    assert (held.status, held.claim_token, held.attempts) == (Status.IN_FLIGHT, "new", 2)
+    assert held.last_error is None and held.delivered_at is None
 
 
 def test_an_operator_retry_of_an_old_order_gets_a_full_retry_window(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import os
 import signal
 import socket
@@ -18,9 +20,12 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.engine import Engine
 
+from spotler_outbox.models.clock import utc_now
 from spotler_outbox.models.database import make_engine
 from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.tables import events
 from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi
+from tests.conftest import purchase
 from tests.integration.fixtures import API_KEY
 from tests.integration.test_delivery_e2e import (
     all_settled,
@@ -45,6 +50,31 @@ def in_flight(engine: Engine) -> int:
             "SELECT count(*) FROM outbox_events WHERE status = 'in_flight'")).scalar_one())
 
 
+def log_claims(engine: Engine) -> None:
+    """The database's own record of every claim: a trigger notes each row going in flight,
+    with the server's clock."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE claim_log (at timestamptz NOT NULL "
+                             "DEFAULT clock_timestamp())"))
+        conn.execute(sa.text("CREATE FUNCTION log_claim() RETURNS trigger LANGUAGE plpgsql AS "
+                             "$$ BEGIN INSERT INTO claim_log DEFAULT VALUES; RETURN NULL; END $$"))
+        conn.execute(sa.text("CREATE TRIGGER log_claim AFTER UPDATE ON outbox_events FOR EACH "
+                             "ROW WHEN (NEW.status = 'in_flight' AND OLD.status <> 'in_flight') "
+                             "EXECUTE FUNCTION log_claim()"))
+
+
+def server_time(engine: Engine) -> dt.datetime:
+    with engine.connect() as conn:
+        now: dt.datetime = conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+        return now
+
+
+def claims_since(engine: Engine, since: dt.datetime) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM claim_log WHERE at > :t"),
+                                {"t": since}).scalar_one())
+
+
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_sigterm_lets_the_batch_in_flight_finish_and_be_marked_before_the_worker_exits(
     postgres: ThrowawayPostgres, redis_server: ThrowawayRedis, api: RunningFakeApi,
@@ -54,13 +84,19 @@ def test_sigterm_lets_the_batch_in_flight_finish_and_be_marked_before_the_worker
     env = worker_environment(postgres.url, api.url, OUTBOX_BROKER_URL=redis_server.url,
                              SPOTLER_BATCH_SIZE="10")
     producer = Settings(database_url=postgres.url, broker_url=redis_server.url)
+    log_claims(engine)
     with running_worker("w1", env, tmp_path, pool=pool) as worker:
         enqueue_orders(engine, producer, [f"G-{i}" for i in range(60)], per_transaction=60)
         wait_for(lambda: in_flight(engine) > 0, 20, "a batch in flight")
         time.sleep(0.3)
+        signalled_at = server_time(engine)
         os.killpg(worker.process.pid, signal.SIGTERM)
         worker.process.wait(60)
     assert in_flight(engine) == 0
+    # No new batch once stopping: at most a claim already under way in each of the two pool
+    # slots as the signal came (a loop that ignored the stop claimed and handed back
+    # thousands of batches until its time budget ran out).
+    assert claims_since(engine, signalled_at) <= 20
     delivered = counts(engine).get("delivered", 0)
     assert delivered >= 10  # the batch that was in flight
     assert delivered <= 20  # and no new one: two slots, one batch of 10 in flight in each
@@ -230,3 +266,24 @@ def test_two_workers_on_one_machine_both_deliver_and_no_orderid_is_received_twic
     assert all(count > 0 for count in by_node.values())
     assert counts(outbox) == {"delivered": 300}
     assert api.state.received()["orderids"] == dict.fromkeys(orderids, 1)
+
+
+def test_a_retry_that_falls_due_while_no_dispatch_runs_is_woken_by_the_sweeper(
+    server_database_url: str, api: RunningFakeApi, broker: redis.Redis, tmp_path: Path,
+) -> None:
+    """What only the sweeper can do, on PostgreSQL too: no wake-up, no notification and no
+    running dispatch will ever come for a row that falls due later."""
+    outbox = make_engine(server_database_url)
+    try:
+        with running_worker("w1", worker_environment(server_database_url, api.url), tmp_path):
+            time.sleep(1)  # LISTEN's start-up wake-up (PostgreSQL) has come and found nothing
+            # A retry that a worker since gone scheduled: the insert's own notification wakes
+            # a dispatch that finds nothing due yet.
+            with outbox.begin() as conn:
+                conn.execute(events.insert().values(
+                    orderid="SW-1", payload=json.dumps(purchase("SW-1")),
+                    next_attempt_at=utc_now() + dt.timedelta(seconds=2)))
+            wait_for(lambda: all_settled(outbox, 1), 20, "the sweeper")
+    finally:
+        outbox.dispose()
+    assert api.state.received()["orderids"] == {"SW-1": 1}

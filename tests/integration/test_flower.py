@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,8 @@ def test_flower_shows_the_worker_and_a_finished_dispatch_task_without_secrets(
             assert task["args"] in ("()", "[]") and task["kwargs"] in ("{}", "")
             everything = requests.get(f"{base}/api/tasks", auth=AUTH, timeout=5).text
             assert API_KEY not in everything and "@example.com" not in everything
+            # The row's next_attempt_at is the schedule: no task waits in Redis with an ETA.
+            assert [t["eta"] for t in json.loads(everything).values() if t.get("eta")] == []
     finally:
         flower.terminate()
         flower.wait(10)

@@ -10,7 +10,8 @@ from spotler_outbox.models.settings import reset_settings
 @pytest.fixture
 def conf(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     monkeypatch.setenv("OUTBOX_BROKER_URL", "redis://127.0.0.1:6379/9")
-    monkeypatch.setenv("OUTBOX_LEASE_SECONDS", "900")
+    # Long enough that the task's time limit (two leases and more) passes an hour.
+    monkeypatch.setenv("OUTBOX_LEASE_SECONDS", "1800")
     reset_settings()
     from spotler_outbox.worker.celery import celery_config
 
@@ -33,7 +34,7 @@ def test_redis_redelivers_an_unacked_message_only_well_after_a_lease_ran_out(
 ) -> None:
     options = conf["broker_transport_options"]
     assert isinstance(options, dict)
-    assert options["visibility_timeout"] > 900 * 3  # the lease set above, and the task limit
+    assert options["visibility_timeout"] > 1800 * 3  # the lease set above, and the task limit
     limit = conf["task_time_limit"]
     assert isinstance(limit, int | float) and options["visibility_timeout"] > limit
 
@@ -44,7 +45,7 @@ def test_a_dispatch_may_wait_out_a_database_outage_for_a_lease_past_its_claims_l
     # A claim's lease ends at most two leases after the claim; the answer's record is tried
     # for one more (models.ledger): the hard limit must not cut that short.
     limit = conf["task_time_limit"]
-    assert isinstance(limit, int | float) and limit >= 3 * 900
+    assert isinstance(limit, int | float) and limit >= 3 * 1800
 
 
 def test_the_app_reads_these_settings_through_its_lazy_config(

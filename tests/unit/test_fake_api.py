@@ -267,6 +267,17 @@ def test_partial_orderids_are_left_out_of_an_accepted_request_and_reported(
     assert received(http, fake)["orderids"] == {"1": 1}
 
 
+def test_unsuccessful_next_answers_a_bare_success_false_and_takes_nothing(
+    fake: RunningFakeApi, http: requests.Session,
+) -> None:
+    set_faults(http, fake, unsuccessful_next=1)
+    answer = track(http, fake, {"events": [purchase("1"), purchase("2")]})
+    assert (answer.status_code, answer.json()) == (200, {"success": False})
+    assert received(http, fake)["orderids"] == {}
+    assert track(http, fake, purchase("1")).json()["created"] == 1  # the fault is used up
+    assert received(http, fake)["orderids"] == {"1": 1}
+
+
 def test_a_redirect_fault_answers_track_with_its_status_and_location_but_not_verify_auth(
     fake: RunningFakeApi, http: requests.Session,
 ) -> None:

@@ -48,3 +48,18 @@ def test_retry_after_is_honoured_but_bounded() -> None:
     at = POLICY.next_attempt(attempts=1, since=NOW, now=NOW, retry_after=10**9,
                              jitter=lambda: 0)
     assert at == NOW + dt.timedelta(seconds=3600)
+
+
+def test_a_429_holds_for_its_retry_after_whatever_a_backoff_step_would_be() -> None:
+    for retry_after in (0.5, 3, 45, 600):
+        assert POLICY.hold_seconds(retry_after, jitter=lambda: 1.0) == retry_after
+        assert POLICY.hold_seconds(retry_after, jitter=lambda: 0.0) == retry_after
+
+
+def test_a_429_hold_is_bounded_by_the_retry_after_cap() -> None:
+    assert POLICY.hold_seconds(10**9, jitter=lambda: 1.0) == 3600
+
+
+def test_a_429_without_retry_after_holds_for_a_jittered_first_backoff_step_plus_a_second() -> None:
+    assert POLICY.hold_seconds(None, jitter=lambda: 0.0) == 1.0
+    assert POLICY.hold_seconds(None, jitter=lambda: 1.0) == 31.0

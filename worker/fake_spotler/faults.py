@@ -52,6 +52,9 @@ class Faults:
     # 403 plays a WAF or proxy that refuses one payload while the credentials are fine.
     reject_status: int = 400
     accept_fewer: bool = False
+    # The next `unsuccessful_next` valid requests are answered 200 with a bare
+    # {"success": false}: no count, no errors, and nothing taken.
+    unsuccessful_next: int = 0
     # Events with these orderids are left out of an otherwise accepted request: 200 with a
     # count short by them and an error each, a partial answer, also for a one-event request.
     partial_orderids: list[str] = field(default_factory=list)
@@ -74,7 +77,7 @@ class Faults:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"fault {name}: must be true or false, "
                                  f"got {getattr(self, name)!r}")
-        for name in ("fail_next", "trickle_next"):
+        for name in ("fail_next", "trickle_next", "unsuccessful_next"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"fault {name}: must be a whole number >= 0, "
                                  f"got {getattr(self, name)!r}")
@@ -213,6 +216,13 @@ class ActiveFaults:
             return 0.0
         self.faults.trickle_next -= 1
         return self.faults.trickle_seconds
+
+    def unsuccessful(self) -> bool:
+        """Whether to answer this valid request with a bare success: false; counts down."""
+        if self.faults.unsuccessful_next <= 0:
+            return False
+        self.faults.unsuccessful_next -= 1
+        return True
 
     def left_out(self, orderids: list[str]) -> set[str]:
         """The orderids of an accepted request that partial_orderids leaves out."""

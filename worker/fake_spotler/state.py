@@ -172,6 +172,10 @@ class FakeSpotler:
             left_out = active.left_out(orderids) if active is not None else set()
         if errors:
             return self._finish(Reply(400, {"success": False, "errors": errors}), count, seen)
+        with self._lock:
+            # Only for a request that passed every check: the answer blames no event.
+            if active is not None and active.unsuccessful():
+                return self._logged(Reply(200, {"success": False}), count, seen)
         taken = [(orderid, event) for orderid, event in zip(orderids[:kept], events[:kept],
                                                             strict=True)
                  if orderid not in left_out]
