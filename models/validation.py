@@ -7,6 +7,7 @@ the customer is still on the page. Every problem is reported at once, each with 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import difflib
 import hashlib
 import json
@@ -17,7 +18,7 @@ from typing import Any
 
 from spotler_outbox.models.currencies import ISO_4217
 from spotler_outbox.models.errors import InvalidEvent
-from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.settings import ProducerSettings
 
 MAX_ORDERID_LENGTH = 128
 MAX_TEXT_LENGTH = 1024
@@ -43,19 +44,30 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME = re.compile(
     r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:?\d{2})$"
 )
+_NAIVE_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?$")
+_ADD_TIMEZONE = ("a datetime without a timezone, which Spotler would read as CET; add the "
+                 "timezone")
 # Epoch seconds from 2000 to 2100: anything else is milliseconds or a mistake.
 _EPOCH_MIN, _EPOCH_MAX = 946_684_800, 4_102_444_800
 
 
-_PLAIN = Settings()
+_PLAIN = ProducerSettings()
 
 
-def validate_purchase(event: Any, settings: Settings = _PLAIN) -> dict[str, Any]:
+def validate_purchase(event: Any, settings: ProducerSettings = _PLAIN) -> dict[str, Any]:
     """Return the event exactly as it will be sent, or raise InvalidEvent naming every problem.
 
     `settings` says what the shop's Spotler account needs: SPOTLER_MULTI_CURRENCY,
     SPOTLER_MULTI_LANGUAGE and SPOTLER_HASH_EMAIL (the default: none of them).
+    A shop's own values are taken as its ORM returns them: a Decimal amount (sent with its
+    exact digits), an aware datetime for `timestamp`, a date for `birthdate`, an int id.
     """
+    return validated_json(event, settings)[0]
+
+
+def validated_json(event: Any, settings: ProducerSettings = _PLAIN) -> tuple[dict[str, Any], str]:
+    """validate_purchase's event and its canonical JSON, serialised once for the size check
+    and the row alike."""
     multi_currency, multi_language = settings.multi_currency, settings.multi_language
     problems: list[str] = []
     if not isinstance(event, Mapping):
@@ -84,20 +96,42 @@ def validate_purchase(event: Any, settings: Settings = _PLAIN) -> dict[str, Any]
                 problems.append(
                     f"products[{i}].language: is required when SPOTLER_MULTI_LANGUAGE is on"
                 )
+    payload, text = out, ""
     if not problems:
         if settings.hash_email and not _SHA256.match(out["email"]):
             out["email"] = hash_email_address(out["email"])
-        size = len(canonical_json(out).encode("utf-8"))
+        # Keep "event" first: the order a human reading the table expects.
+        payload = {"event": out.pop("event"), **out}
+        text = canonical_json(payload)
+        size = len(text.encode("utf-8"))
         if size > MAX_PAYLOAD_BYTES:
             problems.append(f"event: is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit")
     if problems:
         raise InvalidEvent(problems)
-    # Keep "event" first: the order a human reading the table expects.
-    return {"event": out.pop("event"), **out}
+    return payload, text
+
+
+# A Decimal goes into the JSON as its own digits, never through a float (19.99 stays 19.99,
+# 10.00 keeps its cents). json has no hook for raw number text, so each Decimal is first
+# written as a string marker and the marker then replaced: a marker is a string that starts
+# with NUL, which validation refuses in every string a payload can hold.
+_EXACT_MARKER = re.compile(r'"\\u0000(\d+)"')
 
 
 def canonical_json(payload: Mapping[str, Any]) -> str:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    exact: list[str] = []
+
+    def as_marker(value: Any) -> str:
+        if isinstance(value, decimal.Decimal) and value.is_finite():
+            exact.append(format(value, "f"))
+            return f"\x00{len(exact) - 1}"
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+                      default=as_marker)
+    if exact:
+        text = _EXACT_MARKER.sub(lambda m: exact[int(m.group(1))], text)
+    return text
 
 
 def hash_email_address(address: str) -> str:
@@ -113,6 +147,12 @@ def _kind(value: Any) -> str:
         return f"string {_preview(value)}"
     if isinstance(value, int | float):
         return f"number {value!r}"
+    if isinstance(value, decimal.Decimal):
+        return f"number {value}"
+    if isinstance(value, dt.datetime):
+        return "a datetime"
+    if isinstance(value, dt.date):
+        return "a date"
     if isinstance(value, Mapping):
         return "an object"
     if isinstance(value, list | tuple):
@@ -153,6 +193,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
+    if isinstance(value, decimal.Decimal):  # Django's DecimalField, SQLAlchemy's Numeric
+        return value.is_finite()
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
@@ -180,8 +222,13 @@ def _check_email(key: str, value: Any, out: dict[str, Any], problems: list[str])
 
 
 def _check_orderid(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    # An int is taken, as Django's and SQLAlchemy's primary keys are: it travels as its digits,
+    # so 1001 and "1001" are one order. Nothing else becomes a string here.
     if _is_int(value):
         value = str(value)
+    elif not isinstance(value, str):
+        problems.append(f"{key}: must be a string or an int, got {_kind(value)}")
+        return
     problem = _text_problem(value, MAX_ORDERID_LENGTH)
     if problem is None and value != value.strip():
         problem = "must not start or end with white space"
@@ -243,6 +290,9 @@ def _check_consent(key: str, value: Any, out: dict[str, Any], problems: list[str
 
 
 def _check_birthdate(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        out[key] = value.isoformat()
+        return
     if isinstance(value, str) and _DATE.match(value):
         try:
             dt.date.fromisoformat(value)
@@ -251,10 +301,18 @@ def _check_birthdate(key: str, value: Any, out: dict[str, Any], problems: list[s
         else:
             out[key] = value
             return
-    problems.append(f"{key}: must be a date YYYY-MM-DD, got {_kind(value)}")
+    problems.append(f"{key}: must be a date (YYYY-MM-DD or a datetime.date), got {_kind(value)}")
 
 
 def _check_timestamp(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if isinstance(value, dt.datetime):
+        if value.utcoffset() is None:
+            problems.append(f"{key}: {_ADD_TIMEZONE} (e.g. datetime.now(timezone.utc), or "
+                            "Django's timezone.now())")
+        else:
+            # ISO 8601 with its offset, to the second: Spotler's ATOM form.
+            out[key] = value.isoformat(timespec="seconds")
+        return
     if _is_int(value):
         if _EPOCH_MIN <= value <= _EPOCH_MAX:
             out[key] = value
@@ -270,8 +328,12 @@ def _check_timestamp(key: str, value: Any, out: dict[str, Any], problems: list[s
         else:
             out[key] = value
             return
-    problems.append(f"{key}: must be epoch seconds or an ISO 8601 datetime with its timezone "
-                    f"(e.g. 2026-11-27T10:00:00+01:00), got {_kind(value)}")
+    if isinstance(value, str) and _NAIVE_DATETIME.match(value):
+        problems.append(f"{key}: {_ADD_TIMEZONE} (e.g. 2026-11-27T10:00:00+01:00), got "
+                        f"{_kind(value)}")
+        return
+    problems.append(f"{key}: must be epoch seconds, an ISO 8601 datetime with its timezone "
+                    f"(e.g. 2026-11-27T10:00:00+01:00) or an aware datetime, got {_kind(value)}")
 
 
 def _check_custom(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
