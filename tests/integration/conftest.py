@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -36,3 +37,20 @@ def cli_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
     reset_settings()
     yield database_url
     reset_settings()
+
+
+@pytest.fixture(scope="module")
+def django_project() -> Iterator[None]:
+    """The test shop's Django project (tests/django_shop), set up once per module."""
+    import django
+
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.django_shop.settings"
+    try:
+        django.setup()  # reads the settings now
+    finally:
+        # Not inherited by the processes later tests start: Celery would load Django for it.
+        del os.environ["DJANGO_SETTINGS_MODULE"]
+    yield
+    from django.db import connections
+
+    connections.close_all()
