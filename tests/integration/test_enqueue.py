@@ -162,26 +162,6 @@ def test_orderids_that_differ_only_in_case_or_accents_are_two_orders(
     assert count_rows(engine) == 4
 
 
-def test_a_duplicate_committed_after_the_callers_snapshot_is_found_under_repeatable_read(
-    database_url: str, settings: Settings
-) -> None:
-    if not database_url.startswith(("mysql", "postgresql")):
-        pytest.skip("needs a server with snapshot isolation")
-    # The order system's own engine, with MariaDB's default isolation level.
-    caller = sa.create_engine(database_url, isolation_level="REPEATABLE READ")
-    other = sa.create_engine(database_url)
-    try:
-        with Session(caller) as session, session.begin():
-            session.execute(sa.select(OutboxEvent.id)).all()  # the snapshot starts here
-            with Session(other) as competing, competing.begin():
-                competing_id = enqueue_purchase(competing, purchase("RR-1"), settings=settings).id
-            result = enqueue_purchase(session, purchase("RR-1"), settings=settings)
-            assert result.duplicate and result.id == competing_id
-    finally:
-        caller.dispose()
-        other.dispose()
-
-
 @pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])
 def test_a_concurrent_duplicate_under_snapshot_isolation_leaves_the_callers_transaction_usable(
     server_database_url: str, isolation: str
