@@ -66,21 +66,37 @@ class Listener:
     def _run(self) -> None:
         backoff = 1.0
         while not self.stopping.is_set():
+            listening = False
             try:
                 with self._connect() as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    listening = True
                     log.info("listening for new outbox rows on %s", shown_url(self.database_url))
                     backoff = 1.0
                     # Rows may have committed while nobody listened.
                     request_dispatch(self.broker_url)
                     self._wait_for_notifications(conn)
-            except Exception as e:  # the sweeper covers every row while this is down
+            except Exception as e:
                 if self.stopping.is_set():
                     return
-                log.warning("LISTEN connection lost (%s); retrying in %.0f s, the sweeper "
-                            "delivers meanwhile", type(e).__name__, backoff)
+                self._log_failure(e, backoff, was_listening=listening)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
+
+    def _log_failure(self, error: Exception, backoff: float, *, was_listening: bool) -> None:
+        """What is true: a lost connection leaves the sweeper to find new rows; a database
+        that cannot be reached at all (down, or a wrong URL) stops the sweeper and dispatch
+        too, for they use the same one."""
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        if was_listening:
+            log.warning("LISTEN connection to %s lost (%s: %s); retrying in %.0f s, the "
+                        "sweeper finds new rows meanwhile", shown_url(self.database_url),
+                        type(error).__name__, detail, backoff)
+        else:
+            log.error("cannot reach the outbox database at %s to LISTEN (%s: %s); retrying in "
+                      "%.0f s. The sweeper and dispatch use the same database: nothing is "
+                      "delivered until it answers", shown_url(self.database_url),
+                      type(error).__name__, detail, backoff)
 
     def _wait_for_notifications(self, conn: Any) -> None:
         while not self.stopping.is_set():

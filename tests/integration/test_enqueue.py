@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import threading
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from spotler_outbox import InvalidEvent, enqueue_purchase
+from spotler_outbox.models.database import make_engine
 from spotler_outbox.models.settings import Settings
 from spotler_outbox.models.tables import OutboxEvent, Status
 from tests.conftest import purchase, wipe
@@ -216,3 +219,48 @@ def count_rows_url(url: str) -> int:
         return count_rows(engine)
     finally:
         engine.dispose()
+
+
+_shop_orders = sa.Table(
+    "value_orders", sa.MetaData(),
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("price", sa.Numeric(12, 2), nullable=False),
+    sa.Column("placed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("birthdate", sa.Date, nullable=False))
+
+
+def test_values_as_the_shops_orm_reads_them_back_are_stored_exactly(
+    server_database_url: str,
+) -> None:
+    """Numeric, DateTime(timezone=True), Date and an integer key, read back from the shop's
+    own table: Decimal, an aware datetime on PostgreSQL (MariaDB's DATETIME comes back naive,
+    and is refused asking for the timezone), date and int."""
+    settings = Settings(wakeup_enabled=False)
+    engine = make_engine(server_database_url)
+    _shop_orders.drop(engine, checkfirst=True)
+    _shop_orders.create(engine)
+    placed = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC)
+    with engine.begin() as conn:
+        conn.execute(_shop_orders.insert().values(price=Decimal("19.90"), placed_at=placed,
+                                                  birthdate=dt.date(1990, 5, 17)))
+    with Session(engine) as session, session.begin():
+        order = session.execute(sa.select(_shop_orders)).one()
+        event = purchase(order.id, totalvalue=order.price, birthdate=order.birthdate,
+                         products=[{"id": "SKU-1", "quantity": 2, "price": order.price}])
+        if engine.dialect.name == "postgresql":
+            enqueue_purchase(session, {**event, "timestamp": order.placed_at},
+                             settings=settings)
+        else:
+            with pytest.raises(InvalidEvent, match="timestamp: a datetime without a timezone"):
+                enqueue_purchase(session, {**event, "timestamp": order.placed_at},
+                                 settings=settings)
+            enqueue_purchase(session, {**event, "timestamp": order.placed_at.replace(
+                tzinfo=dt.UTC)}, settings=settings)
+    with engine.connect() as conn:
+        orderid, payload = conn.execute(sa.text("SELECT orderid, payload FROM outbox_events")).one()
+    _shop_orders.drop(engine)
+    engine.dispose()
+    assert orderid == str(order.id)
+    assert '"price":19.90}' in payload and '"totalvalue":19.90' in payload
+    assert '"birthdate":"1990-05-17"' in payload
+    assert '"timestamp":"2026-11-27T09:00:00+00:00"' in payload
