@@ -6,10 +6,13 @@ One run, both kinds interleaved (so drift in the machine hits both alike): each 
 inserts the shop's order row, then either calls `enqueue_purchase` (validation, the insert,
 the wake-up request; wake-ups on, to the broker in OUTBOX_BROKER_URL) or executes the plain
 SQL a shop would write itself (json.dumps of the event and the INSERT ... ON CONFLICT /
-INSERT IGNORE of the README), and commits. For PostgreSQL and MariaDB (BENCH_POSTGRES_URL,
-BENCH_MARIADB_URL) it prints medians of: the call alone (the figure the ratio is of: what
-each adds to the transaction), the commit (where the wake-up hook runs), and the whole
-transaction (dominated by the commit's flush to disk).
+INSERT IGNORE of the README), and commits. On PostgreSQL a third kind runs that raw INSERT
+never prepared on the server, as the enqueue's own statements always are (PgBouncer in
+transaction mode; psycopg prepares a statement after 5 runs by default): the ratio to it is
+what enqueue_purchase adds over the raw INSERT at equal terms. For PostgreSQL and MariaDB
+(BENCH_POSTGRES_URL, BENCH_MARIADB_URL) it prints medians of: the call alone (the figure the
+ratios are of: what each adds to the transaction), the commit (where the wake-up hook runs),
+and the whole transaction (dominated by the commit's flush to disk).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -28,6 +32,7 @@ from sqlalchemy.orm import Session
 from benchmarks.db import purchase
 from spotler_outbox import enqueue_purchase, migrations
 from spotler_outbox.models.database import make_engine
+from spotler_outbox.models.enqueue import never_prepared
 from spotler_outbox.models.settings import get_settings
 
 URLS = {
@@ -63,6 +68,7 @@ class EnqueueCost:
     transactions: int
     enqueue: Span  # medians with enqueue_purchase
     raw_insert: Span  # medians with the raw INSERT
+    raw_unprepared: Span | None = None  # the raw INSERT never prepared (PostgreSQL only)
 
     @property
     def ratio(self) -> float:
@@ -70,10 +76,13 @@ class EnqueueCost:
         return self.enqueue.call_ms / self.raw_insert.call_ms
 
     def line(self) -> str:
-        e, r = self.enqueue, self.raw_insert
+        e, r, u = self.enqueue, self.raw_insert, self.raw_unprepared
+        unprepared = "" if u is None else (
+            f" | raw INSERT never prepared {u.call_ms:.3f} ms: "
+            f"{e.call_ms / u.call_ms:.2f}x")
         return (f"{self.database:<10} enqueue_purchase {e.call_ms:.3f} ms vs raw INSERT "
-                f"{r.call_ms:.3f} ms: {self.ratio:.2f}x | commit {e.commit_ms:.3f} vs "
-                f"{r.commit_ms:.3f} ms | whole transaction {e.transaction_ms:.3f} vs "
+                f"{r.call_ms:.3f} ms: {self.ratio:.2f}x{unprepared} | commit {e.commit_ms:.3f} "
+                f"vs {r.commit_ms:.3f} ms | whole transaction {e.transaction_ms:.3f} vs "
                 f"{r.transaction_ms:.3f} ms: {e.transaction_ms / r.transaction_ms:.2f}x "
                 f"(medians of {self.transactions} each)")
 
@@ -109,17 +118,25 @@ def measure(database: str, transactions: int = 2000, url: str | None = None,
         settings = settings.with_overrides(broker_url=broker_url)
     raw = sa.text(_RAW[database])
     add_order = _orders.insert()
-    timings: dict[str, list[tuple[float, float, float]]] = {"enqueue": [], "raw": []}
+    timings: dict[str, list[tuple[float, float, float]]] = {"enqueue": [], "raw": [],
+                                                            "unprepared": []}
 
     def enqueue(session: Session, n: int) -> None:
         enqueue_purchase(session, purchase(f"E-{n}", n), settings=settings)
 
-    def raw_insert(session: Session, n: int) -> None:
-        event = purchase(f"R-{n}", n)
+    def raw_insert(session: Session, n: int, prefix: str = "R") -> None:
+        event = purchase(f"{prefix}-{n}", n)
         session.execute(raw, {"event": "Purchase", "orderid": event["orderid"],
                               "payload": json.dumps(event, separators=(",", ":"))})
 
-    kinds = (("enqueue", enqueue), ("raw", raw_insert))
+    def raw_unprepared(session: Session, n: int) -> None:
+        with never_prepared(session.connection().connection.driver_connection):
+            raw_insert(session, n, "U")
+
+    kinds: tuple[tuple[str, Callable[[Session, int], None]], ...] = (
+        ("enqueue", enqueue), ("raw", raw_insert))
+    if database == "postgresql":
+        kinds += (("unprepared", raw_unprepared),)
     for n in range(-200, transactions):  # the first 200 warm caches and pools up
         for name, add_outbox_row in (kinds if n % 2 else kinds[::-1]):
             started = time.perf_counter()
@@ -135,7 +152,8 @@ def measure(database: str, transactions: int = 2000, url: str | None = None,
                                       ended - started))
     engine.dispose()
     return EnqueueCost(database, transactions, _medians(timings["enqueue"]),
-                       _medians(timings["raw"]))
+                       _medians(timings["raw"]),
+                       _medians(timings["unprepared"]) if timings["unprepared"] else None)
 
 
 def _medians(samples: list[tuple[float, float, float]]) -> Span:

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 from spotler_outbox.models.errors import ConfigurationError, InvalidEvent
-from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.settings import ProducerSettings, Settings
 
 DEFAULT_ACCOUNT = ""
 MAX_ACCOUNT_LENGTH = 64  # the column's width
@@ -37,7 +37,7 @@ class AccountKeys:
         return account in self.credentials
 
 
-def row_account(account: str | None, settings: Settings) -> str:
+def row_account(account: str | None, settings: ProducerSettings) -> str:
     """The value stored for `account`: the default account is always stored as ''.
 
     One spelling per account keeps (account, event, orderid) unique: an order enqueued once

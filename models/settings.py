@@ -1,39 +1,89 @@
-"""The one settings object, read from the environment on first use (never at import).
+"""The settings, read from the environment on first use (never at import).
 
-Each value comes from, in this order: the environment, a file the environment names
-(`NAME_FILE`, for the secrets, as Docker secrets provide them), then the same two in a `.env`
-file in the working directory. The environment always wins over `.env`.
+Two sides read them. The order system's process (the producer) reads only what an enqueue
+needs, `ProducerSettings`, from its own environment: never a `.env` file (its working
+directory is the shop's) and never a worker's setting, so nothing the workers need can fail a
+checkout. The workers and the CLI read `Settings`, every name: from the environment, a file the
+environment names (`NAME_FILE`, for the secrets, as Docker secrets provide them), then the same
+two in a `.env` file in the working directory. The environment always wins over `.env`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit
 
 from spotler_outbox.models.errors import ConfigurationError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Every knob, with its environment variable in the field's metadata."""
+class ProducerSettings:
+    """What an enqueue reads, with its environment variable in each field's metadata: the
+    wake-up, and what validation needs (the workers read the same names and must agree)."""
 
-    database_url: str = field(
-        default="sqlite:///spotler_outbox.db",
-        metadata={"env": "OUTBOX_DATABASE_URL", "secret": True},
-    )
+    READS_DOTENV: ClassVar[bool] = False
+
     broker_url: str = field(
         default="redis://127.0.0.1:6379/0", metadata={"env": "OUTBOX_BROKER_URL", "secret": True}
     )
-    api_url: str = field(default="https://api.squeezely.tech", metadata={"env": "SPOTLER_API_URL"})
+    wakeup_enabled: bool = field(default=True, metadata={"env": "OUTBOX_WAKEUP"})
+    # Read by an enqueue only to store account=SPOTLER_ACCOUNT as the default account.
     account: str = field(default="", metadata={"env": "SPOTLER_ACCOUNT", "secret": True})
+    multi_currency: bool = field(default=False, metadata={"env": "SPOTLER_MULTI_CURRENCY"})
+    multi_language: bool = field(default=False, metadata={"env": "SPOTLER_MULTI_LANGUAGE"})
+    hash_email: bool = field(default=False, metadata={"env": "SPOTLER_HASH_EMAIL"})
+
+    def __post_init__(self) -> None:
+        if not _URL_SCHEME.match(self.broker_url):
+            # The value is not echoed: a broker URL may carry a password.
+            raise ConfigurationError(
+                "OUTBOX_BROKER_URL: not a broker URL; expected one such as "
+                "redis://host:6379/0")
+
+    def with_overrides(self, **changes: Any) -> Self:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None,
+                         dotenv: Path | None = None) -> Self:
+        """environ defaults to os.environ, and then (for `Settings` only) dotenv to ./.env,
+        read if it exists."""
+        if environ is None:
+            environ = os.environ
+            if dotenv is None and cls.READS_DOTENV:
+                dotenv = Path(".env")
+        sources = [environ, read_dotenv(dotenv) if dotenv is not None else {}]
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            raw = _lookup(name, sources, secret=f.metadata.get("secret", False))
+            if raw is not None:
+                values[f.name] = _parse(name, raw, f.default)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Settings(ProducerSettings):
+    """Every knob: the producer's and the workers' (and the CLI's, which reads the same)."""
+
+    READS_DOTENV: ClassVar[bool] = True
+
+    # No default: outside the demo (which names its own) the outbox is the shop's database.
+    database_url: str = field(
+        default="", metadata={"env": "OUTBOX_DATABASE_URL", "secret": True},
+    )
+    api_url: str = field(default="https://api.squeezely.tech", metadata={"env": "SPOTLER_API_URL"})
     # repr=False keeps the key out of every repr, traceback and log of the settings.
     api_key: str = field(default="", repr=False,
                          metadata={"env": "SPOTLER_API_KEY", "secret": True})
@@ -43,9 +93,6 @@ class Settings:
     max_requests_per_second: float = field(
         default=0.0, metadata={"env": "SPOTLER_MAX_REQUESTS_PER_SECOND"}
     )
-    multi_currency: bool = field(default=False, metadata={"env": "SPOTLER_MULTI_CURRENCY"})
-    multi_language: bool = field(default=False, metadata={"env": "SPOTLER_MULTI_LANGUAGE"})
-    hash_email: bool = field(default=False, metadata={"env": "SPOTLER_HASH_EMAIL"})
     batch_size: int = field(default=100, metadata={"env": "SPOTLER_BATCH_SIZE"})
     connect_timeout: float = field(default=5.0, metadata={"env": "SPOTLER_CONNECT_TIMEOUT"})
     read_timeout: float = field(default=30.0, metadata={"env": "SPOTLER_READ_TIMEOUT"})
@@ -66,10 +113,11 @@ class Settings:
         default=5.0, metadata={"env": "OUTBOX_DISPATCH_TIME_BUDGET_SECONDS"}
     )
     retention_days: int = field(default=30, metadata={"env": "OUTBOX_RETENTION_DAYS"})
-    wakeup_enabled: bool = field(default=True, metadata={"env": "OUTBOX_WAKEUP"})
     log_format: str = field(default="text", metadata={"env": "OUTBOX_LOG_FORMAT"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        check_api_url(self.api_url)
         if not 1 <= self.batch_size <= 1000:
             raise ConfigurationError(
                 f"SPOTLER_BATCH_SIZE: must be between 1 and 1000, got {self.batch_size}"
@@ -103,24 +151,31 @@ class Settings:
                 f"OUTBOX_LOG_FORMAT: must be 'text' or 'json', got {self.log_format!r}"
             )
 
-    def with_overrides(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
 
-    @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None,
-                         dotenv: Path | None = None) -> Settings:
-        """environ defaults to os.environ, and then dotenv to ./.env (read if it exists)."""
-        if environ is None:
-            environ = os.environ
-            dotenv = Path(".env") if dotenv is None else dotenv
-        sources = [environ, read_dotenv(dotenv) if dotenv is not None else {}]
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f.metadata["env"]
-            raw = _lookup(name, sources, secret=f.metadata.get("secret", False))
-            if raw is not None:
-                values[f.name] = _parse(name, raw, f.default)
-        return cls(**values)
+def check_api_url(url: str) -> str:
+    """https anywhere; plain http only to this machine, so TLS can never be switched off."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url.rstrip("/")
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return url.rstrip("/")
+    raise ConfigurationError(
+        f"SPOTLER_API_URL: must be https:// (plain http:// only for loopback), got {url!r}"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def producer_names() -> list[str]:
+    """The variables the order system's process reads."""
+    return [f.metadata["env"] for f in fields(ProducerSettings)]
 
 
 def secret_file_variables() -> list[str]:
@@ -200,9 +255,17 @@ def _parse(name: str, raw: str, default: Any) -> Any:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    """Every setting: what the workers and the CLI read."""
     return Settings.from_environment()
+
+
+@lru_cache(maxsize=1)
+def get_producer_settings() -> ProducerSettings:
+    """What an enqueue reads: a worker's setting, however malformed, never reaches it."""
+    return ProducerSettings.from_environment()
 
 
 def reset_settings() -> None:
     """Forget the cached settings, so the next call reads the environment again."""
     get_settings.cache_clear()
+    get_producer_settings.cache_clear()

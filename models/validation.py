@@ -7,20 +7,25 @@ the customer is still on the page. Every problem is reported at once, each with 
 from __future__ import annotations
 
 import datetime as dt
-import difflib
+import decimal
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from spotler_outbox.models.currencies import ISO_4217
 from spotler_outbox.models.errors import InvalidEvent
-from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.settings import ProducerSettings
+from spotler_outbox.models.values import (
+    is_int,
+    is_number,
+    kind,
+    text_problem,
+    unknown_field,
+)
 
 MAX_ORDERID_LENGTH = 128
-MAX_TEXT_LENGTH = 1024
 MAX_PRODUCTS = 1000
 MAX_PAYLOAD_BYTES = 100_000
 MAX_QUANTITY = 1_000_000
@@ -43,23 +48,34 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME = re.compile(
     r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:?\d{2})$"
 )
+_NAIVE_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?$")
+_ADD_TIMEZONE = ("a datetime without a timezone, which Spotler would read as CET; add the "
+                 "timezone")
 # Epoch seconds from 2000 to 2100: anything else is milliseconds or a mistake.
 _EPOCH_MIN, _EPOCH_MAX = 946_684_800, 4_102_444_800
 
 
-_PLAIN = Settings()
+_PLAIN = ProducerSettings()
 
 
-def validate_purchase(event: Any, settings: Settings = _PLAIN) -> dict[str, Any]:
+def validate_purchase(event: Any, settings: ProducerSettings = _PLAIN) -> dict[str, Any]:
     """Return the event exactly as it will be sent, or raise InvalidEvent naming every problem.
 
     `settings` says what the shop's Spotler account needs: SPOTLER_MULTI_CURRENCY,
     SPOTLER_MULTI_LANGUAGE and SPOTLER_HASH_EMAIL (the default: none of them).
+    A shop's own values are taken as its ORM returns them: a Decimal amount (sent with its
+    exact digits), an aware datetime for `timestamp`, a date for `birthdate`, an int id.
     """
+    return validated_json(event, settings)[0]
+
+
+def validated_json(event: Any, settings: ProducerSettings = _PLAIN) -> tuple[dict[str, Any], str]:
+    """validate_purchase's event and its canonical JSON, serialised once for the size check
+    and the row alike."""
     multi_currency, multi_language = settings.multi_currency, settings.multi_language
     problems: list[str] = []
     if not isinstance(event, Mapping):
-        raise InvalidEvent([f"event: must be a JSON object, got {_kind(event)}"])
+        raise InvalidEvent([f"event: must be a JSON object, got {kind(event)}"])
     out: dict[str, Any] = {}
     for key, value in event.items():
         if not isinstance(key, str):
@@ -71,7 +87,7 @@ def validate_purchase(event: Any, settings: Settings = _PLAIN) -> dict[str, Any]
         elif _CUSTOM.match(key):
             _check_custom(key, value, out, problems)
         else:
-            problems.append(_unknown_field(key, KNOWN_FIELDS))
+            problems.append(unknown_field(key, KNOWN_FIELDS))
     out.setdefault("event", "Purchase")
     for required in ("email", "orderid", "products"):
         if required not in event:
@@ -84,87 +100,57 @@ def validate_purchase(event: Any, settings: Settings = _PLAIN) -> dict[str, Any]
                 problems.append(
                     f"products[{i}].language: is required when SPOTLER_MULTI_LANGUAGE is on"
                 )
+    payload, text = out, ""
     if not problems:
         if settings.hash_email and not _SHA256.match(out["email"]):
             out["email"] = hash_email_address(out["email"])
-        size = len(canonical_json(out).encode("utf-8"))
+        # Keep "event" first: the order a human reading the table expects.
+        payload = {"event": out.pop("event"), **out}
+        text = canonical_json(payload)
+        size = len(text.encode("utf-8"))
         if size > MAX_PAYLOAD_BYTES:
             problems.append(f"event: is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit")
     if problems:
         raise InvalidEvent(problems)
-    # Keep "event" first: the order a human reading the table expects.
-    return {"event": out.pop("event"), **out}
+    return payload, text
+
+
+# A Decimal goes into the JSON as its own digits, never through a float (19.99 stays 19.99,
+# 10.00 keeps its cents). json has no hook for raw number text, so each Decimal is first
+# written as a string marker and the marker then replaced: a marker is a string that starts
+# with NUL, which validation refuses in every string a payload can hold.
+_EXACT_MARKER = re.compile(r'"\\u0000(\d+)"')
 
 
 def canonical_json(payload: Mapping[str, Any]) -> str:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    exact: list[str] = []
+
+    def as_marker(value: Any) -> str:
+        if isinstance(value, decimal.Decimal) and value.is_finite():
+            exact.append(format(value, "f"))
+            return f"\x00{len(exact) - 1}"
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+                      default=as_marker)
+    if exact:
+        text = _EXACT_MARKER.sub(lambda m: exact[int(m.group(1))], text)
+    return text
 
 
 def hash_email_address(address: str) -> str:
     return hashlib.sha256(address.strip().lower().encode("utf-8")).hexdigest()
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, str):
-        return f"string {_preview(value)}"
-    if isinstance(value, int | float):
-        return f"number {value!r}"
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list | tuple):
-        return "an array"
-    return type(value).__name__
-
-
-def _preview(text: str, limit: int = 40) -> str:
-    shown = text if len(text) <= limit else text[:limit] + "..."
-    return json.dumps(shown, ensure_ascii=True)
-
-
-def _unknown_field(key: str, known: frozenset[str]) -> str:
-    guess = difflib.get_close_matches(key.lower(), sorted(known), n=1, cutoff=0.75)
-    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-    return f"{_preview(key)[1:-1]}: unknown field{hint}; custom fields are named custom_<name>"
-
-
-def _text_problem(value: Any, limit: int = MAX_TEXT_LENGTH) -> str | None:
-    """Why a string cannot be stored and sent as it is, or None."""
-    if not isinstance(value, str):
-        return f"must be a string, got {_kind(value)}"
-    if not value.strip():
-        return "must not be empty"
-    if len(value) > limit:
-        return f"must be at most {limit} characters, got {len(value)}"
-    if "\x00" in value:
-        return "must not contain NUL characters"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must be valid Unicode text (it holds a lone surrogate)"
-    return None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # True is an int in Python
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
-
-
 def _check_event(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
     if value != "Purchase":
-        problems.append(f"event: must be \"Purchase\", got {_kind(value)}")
+        problems.append(f"event: must be \"Purchase\", got {kind(value)}")
     else:
         out[key] = value
 
 
 def _check_email(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
-    problem = _text_problem(value, 254)
+    problem = text_problem(value, 254)
     if problem is None:
         address = value.strip()
         if _SHA256.match(address):
@@ -180,9 +166,14 @@ def _check_email(key: str, value: Any, out: dict[str, Any], problems: list[str])
 
 
 def _check_orderid(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
-    if _is_int(value):
+    # An int is taken, as Django's and SQLAlchemy's primary keys are: it travels as its digits,
+    # so 1001 and "1001" are one order. Nothing else becomes a string here.
+    if is_int(value):
         value = str(value)
-    problem = _text_problem(value, MAX_ORDERID_LENGTH)
+    elif not isinstance(value, str):
+        problems.append(f"{key}: must be a string or an int, got {kind(value)}")
+        return
+    problem = text_problem(value, MAX_ORDERID_LENGTH)
     if problem is None and value != value.strip():
         problem = "must not start or end with white space"
     if problem is None:
@@ -192,13 +183,13 @@ def _check_orderid(key: str, value: Any, out: dict[str, Any], problems: list[str
 
 
 def _check_userid(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
-    if _is_int(value):
+    if is_int(value):
         value = str(value)
     _check_text(key, value, out, problems)
 
 
 def _check_text(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
-    problem = _text_problem(value)
+    problem = text_problem(value)
     if problem is None:
         out[key] = value
     else:
@@ -206,8 +197,8 @@ def _check_text(key: str, value: Any, out: dict[str, Any], problems: list[str]) 
 
 
 def _check_amount(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
-    if not _is_number(value) or value < 0:
-        problems.append(f"{key}: must be a non-negative number, got {_kind(value)}")
+    if not is_number(value) or value < 0:
+        problems.append(f"{key}: must be a non-negative number, got {kind(value)}")
     else:
         out[key] = value
 
@@ -216,7 +207,7 @@ def _check_currency(key: str, value: Any, out: dict[str, Any], problems: list[st
     if isinstance(value, str) and value.upper() in ISO_4217:
         out[key] = value.upper()
     else:
-        problems.append(f"{key}: must be an ISO 4217 code such as \"EUR\", got {_kind(value)}")
+        problems.append(f"{key}: must be an ISO 4217 code such as \"EUR\", got {kind(value)}")
 
 
 def _check_country(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
@@ -224,14 +215,14 @@ def _check_country(key: str, value: Any, out: dict[str, Any], problems: list[str
         out[key] = value.upper()
     else:
         problems.append(f"{key}: must be an ISO 3166-1 alpha-2 code such as \"NL\", "
-                        f"got {_kind(value)}")
+                        f"got {kind(value)}")
 
 
 def _check_gender(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
     if value in ("M", "F", "U"):
         out[key] = value
     else:
-        problems.append(f"{key}: must be \"M\", \"F\" or \"U\", got {_kind(value)}")
+        problems.append(f"{key}: must be \"M\", \"F\" or \"U\", got {kind(value)}")
 
 
 def _check_consent(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
@@ -239,10 +230,13 @@ def _check_consent(key: str, value: Any, out: dict[str, Any], problems: list[str
         out[key] = value
     else:
         problems.append(f"{key}: must be \"yes\" or \"no\" (leave it out when unknown), "
-                        f"got {_kind(value)}")
+                        f"got {kind(value)}")
 
 
 def _check_birthdate(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        out[key] = value.isoformat()
+        return
     if isinstance(value, str) and _DATE.match(value):
         try:
             dt.date.fromisoformat(value)
@@ -251,11 +245,19 @@ def _check_birthdate(key: str, value: Any, out: dict[str, Any], problems: list[s
         else:
             out[key] = value
             return
-    problems.append(f"{key}: must be a date YYYY-MM-DD, got {_kind(value)}")
+    problems.append(f"{key}: must be a date (YYYY-MM-DD or a datetime.date), got {kind(value)}")
 
 
 def _check_timestamp(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
-    if _is_int(value):
+    if isinstance(value, dt.datetime):
+        if value.utcoffset() is None:
+            problems.append(f"{key}: {_ADD_TIMEZONE} (e.g. datetime.now(timezone.utc), or "
+                            "Django's timezone.now())")
+        else:
+            # ISO 8601 with its offset, to the second: Spotler's ATOM form.
+            out[key] = value.isoformat(timespec="seconds")
+        return
+    if is_int(value):
         if _EPOCH_MIN <= value <= _EPOCH_MAX:
             out[key] = value
             return
@@ -270,28 +272,32 @@ def _check_timestamp(key: str, value: Any, out: dict[str, Any], problems: list[s
         else:
             out[key] = value
             return
-    problems.append(f"{key}: must be epoch seconds or an ISO 8601 datetime with its timezone "
-                    f"(e.g. 2026-11-27T10:00:00+01:00), got {_kind(value)}")
+    if isinstance(value, str) and _NAIVE_DATETIME.match(value):
+        problems.append(f"{key}: {_ADD_TIMEZONE} (e.g. 2026-11-27T10:00:00+01:00), got "
+                        f"{kind(value)}")
+        return
+    problems.append(f"{key}: must be epoch seconds, an ISO 8601 datetime with its timezone "
+                    f"(e.g. 2026-11-27T10:00:00+01:00) or an aware datetime, got {kind(value)}")
 
 
 def _check_custom(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
-    scalars_ok = value is None or isinstance(value, bool) or _is_number(value)
+    scalars_ok = value is None or isinstance(value, bool) or is_number(value)
     if scalars_ok:
         out[key] = value
         return
     if isinstance(value, str):
-        problem = _text_problem(value) if value else None
+        problem = text_problem(value) if value else None
         if problem is None:
             out[key] = value
         else:
             problems.append(f"{key}: {problem}")
         return
-    problems.append(f"{key}: must be a string, number, boolean or null, got {_kind(value)}")
+    problems.append(f"{key}: must be a string, number, boolean or null, got {kind(value)}")
 
 
 def _check_products(key: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
     if not isinstance(value, list | tuple):
-        problems.append(f"products: must be a non-empty array, got {_kind(value)}")
+        problems.append(f"products: must be a non-empty array, got {kind(value)}")
         return
     if not value:
         problems.append("products: must hold at least one product")
@@ -307,24 +313,24 @@ def _check_products(key: str, value: Any, out: dict[str, Any], problems: list[st
 
 def _check_product(path: str, product: Any, problems: list[str]) -> dict[str, Any]:
     if not isinstance(product, Mapping):
-        problems.append(f"{path}: must be an object, got {_kind(product)}")
+        problems.append(f"{path}: must be an object, got {kind(product)}")
         return {}
     out: dict[str, Any] = {}
     for name, value in product.items():
         field = f"{path}.{name}"
         if name == "id":
-            sku = str(value) if _is_int(value) else value
-            problem = _text_problem(sku, 255)
+            sku = str(value) if is_int(value) else value
+            problem = text_problem(sku, 255)
             if problem is None:
                 out[name] = sku
             else:
                 problems.append(f"{field}: {problem}")
         elif name == "quantity":
-            ok = _is_int(value)
+            ok = is_int(value)
             if ok and 0 < value <= MAX_QUANTITY:
                 out[name] = value
             else:
-                problems.append(f"{field}: must be a positive integer, got {_kind(value)}")
+                problems.append(f"{field}: must be a positive integer, got {kind(value)}")
         elif name == "language":
             match = _LANGUAGE.match(value) if isinstance(value, str) else None
             if match:
@@ -332,13 +338,13 @@ def _check_product(path: str, product: Any, problems: list[str]) -> dict[str, An
                 out[name] = f"{match.group(1).lower()}-{match.group(2).upper()}"
             else:
                 problems.append(f"{field}: must be a language-country code such as \"nl-NL\", "
-                                f"got {_kind(value)}")
+                                f"got {kind(value)}")
         elif name == "price":
             _check_amount(field, value, out, problems)
             if field in out:
                 out[name] = out.pop(field)
         elif name == "name":
-            problem = _text_problem(value)
+            problem = text_problem(value)
             if problem is None:
                 out[name] = value
             else:
@@ -346,7 +352,7 @@ def _check_product(path: str, product: Any, problems: list[str]) -> dict[str, An
         elif name == "category_ids":
             _check_category_ids(field, value, out, problems)
         elif isinstance(name, str):
-            problems.append(f"{path}.{_unknown_field(name, PRODUCT_FIELDS)}")
+            problems.append(f"{path}.{unknown_field(name, PRODUCT_FIELDS)}")
         else:
             problems.append(f"{path}.{name!r}: field names must be strings")
     for required in ("id", "quantity"):
@@ -357,12 +363,12 @@ def _check_product(path: str, product: Any, problems: list[str]) -> dict[str, An
 
 def _check_category_ids(field: str, value: Any, out: dict[str, Any], problems: list[str]) -> None:
     if not isinstance(value, list | tuple):
-        problems.append(f"{field}: must be an array of strings, got {_kind(value)}")
+        problems.append(f"{field}: must be an array of strings, got {kind(value)}")
         return
     ids = []
     for i, item in enumerate(value):
-        item = str(item) if _is_int(item) else item
-        problem = _text_problem(item, 255)
+        item = str(item) if is_int(item) else item
+        problem = text_problem(item, 255)
         if problem is None:
             ids.append(item)
         else:

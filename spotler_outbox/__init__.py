@@ -1,6 +1,7 @@
 """spotler-outbox: every confirmed purchase reaches Spotler Activate, once.
 
-The order system's API: call `enqueue_purchase` in the transaction that confirms the order.
+The order system's API: call `enqueue_purchase` in the transaction that confirms the order
+(`spotler_outbox.asyncio`, `.django` and `.dbapi` for the other stacks; one insert behind all).
 The workers run as `celery -A spotler_outbox.worker worker`; operators use `spotler-outbox`.
 """
 

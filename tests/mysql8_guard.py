@@ -1,8 +1,9 @@
 """A MySQL 8 stand-in: every statement sent through PyMySQL is checked for MariaDB-only syntax.
 
 No MySQL 8 server runs on our machines, so the MariaDB suite runs through this guard instead:
-it sits in PyMySQL's cursor, below SQLAlchemy, Django and the raw DB-API path, and is loaded
-into the Celery worker subprocesses by tests/mysql8_site/sitecustomize.py (on PYTHONPATH).
+it sits in PyMySQL's cursor (and aiomysql's), below SQLAlchemy, Django and the raw DB-API path,
+and is loaded into the Celery worker subprocesses by tests/mysql8_site/sitecustomize.py (on
+PYTHONPATH).
 A statement MySQL 8.0 would refuse raises here, and is also appended to the file named by
 MYSQL8_GUARD_LOG, which the tests' conftest reads after each test (a worker may swallow the
 error and retry).
@@ -103,6 +104,25 @@ def _guard_cursors(cursors: Any) -> None:
     cursors.Cursor._mysql8_guarded = True
 
 
+def _guard_async_cursors(cursors: Any) -> None:
+    """aiomysql's cursor (the async MariaDB driver of spotler_outbox.asyncio's tests)."""
+    if getattr(cursors.Cursor, "_mysql8_guarded", False):
+        return
+    execute, executemany = cursors.Cursor.execute, cursors.Cursor.executemany
+
+    async def guarded_execute(self: Any, query: Any, args: Any = None) -> Any:
+        check(query)
+        return await execute(self, query, args)
+
+    async def guarded_executemany(self: Any, query: Any, args: Any) -> Any:
+        check(query)
+        return await executemany(self, query, args)
+
+    cursors.Cursor.execute = guarded_execute
+    cursors.Cursor.executemany = guarded_executemany
+    cursors.Cursor._mysql8_guarded = True
+
+
 def _dialect_as_mysql8(base: Any) -> None:
     dialect = base.MySQLDialect
     if getattr(dialect, "_mysql8_guarded", False):
@@ -119,7 +139,8 @@ def _dialect_as_mysql8(base: Any) -> None:
 
 
 _PATCHES: dict[str, Callable[[Any], None]] = {
-    "pymysql.cursors": _guard_cursors, "sqlalchemy.dialects.mysql.base": _dialect_as_mysql8}
+    "pymysql.cursors": _guard_cursors, "aiomysql.cursors": _guard_async_cursors,
+    "sqlalchemy.dialects.mysql.base": _dialect_as_mysql8}
 _pending: dict[str, Callable[[Any], None]] = {}
 
 

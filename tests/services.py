@@ -1,4 +1,4 @@
-"""Throwaway PostgreSQL and Redis servers that a test may stop, kill and restart at will.
+"""Throwaway PostgreSQL, PgBouncer and Redis servers that a test may stop, kill and restart.
 
 The shared servers on this machine serve every other test; faults are injected only into
 these private ones, each on its own free loopback port and data directory.
@@ -118,3 +118,74 @@ class ThrowawayRedis:
 
     def destroy(self) -> None:
         self.stop()
+
+
+PGBOUNCER = Path("/usr/sbin/pgbouncer")
+
+
+class ThrowawayPgBouncer:
+    """A PgBouncer of its own on a free loopback port, in front of a PostgreSQL server
+    (`auth_type = trust`, every database of the server under its own name; `url` names
+    `database`, `url_for` any other).
+
+    `pool_mode` is PgBouncer's: "transaction" hands each transaction whichever server
+    connection is free, as the PgBouncers in front of many shops do."""
+
+    def __init__(self, database: str = "postgres", *, server_host: str = "127.0.0.1",
+                 server_port: int = 5432, pool_mode: str = "transaction",
+                 user: str = "postgres", pool_size: int = 5) -> None:
+        self.database = database
+        binary = shutil.which("pgbouncer") or (str(PGBOUNCER) if PGBOUNCER.exists() else None)
+        if binary is None:
+            _unavailable("pgbouncer not found (Debian: apt-get install pgbouncer)")
+        self.user = user
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="outbox-pgbouncer-"))
+        (self.dir / "userlist.txt").write_text(f'"{user}" ""\n')
+        (self.dir / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host={server_host} port={server_port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.dir / 'userlist.txt'}\n"
+            f"pool_mode = {pool_mode}\ndefault_pool_size = {pool_size}\n"
+            "max_client_conn = 100\n"
+            # psycopg and SQLAlchemy send these at connect; PgBouncer refuses unknown ones.
+            "ignore_startup_parameters = extra_float_digits,options\n"
+            f"logfile = {self.dir / 'pgbouncer.log'}\n")
+        command = [binary, str(self.dir / "pgbouncer.ini")]
+        if os.geteuid() == 0:  # PgBouncer refuses to run as root
+            owner = pwd.getpwnam("postgres")
+            for path in (self.dir, *self.dir.iterdir()):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+            command[1:1] = ["-u", "postgres"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.STDOUT)
+        try:
+            wait_port(self.port, timeout=15)
+        except AssertionError:
+            self.destroy()
+            raise
+
+    @property
+    def url(self) -> str:
+        return self.url_for(self.database)
+
+    def url_for(self, database: str, driver: str = "postgresql+psycopg") -> str:
+        """A SQLAlchemy URL for `database` through this PgBouncer."""
+        return f"{driver}://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def log(self) -> str:
+        path = self.dir / "pgbouncer.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def destroy(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+

@@ -73,6 +73,7 @@ class Listener:
     def _run(self) -> None:
         backoff = 1.0
         while not self.stopping.is_set():
+            listening = False
             try:
                 with self._connect() as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
@@ -83,6 +84,7 @@ class Listener:
                             "it. Not listening: new rows wait for the sweeper (every %g s)",
                             shown_url(self.database_url), get_settings().sweep_interval)
                         return
+                    listening = True
                     log.info("listening for new outbox rows on %s", shown_url(self.database_url))
                     backoff = 1.0
                     # Rows may have committed while nobody listened.
@@ -91,12 +93,24 @@ class Listener:
             except Exception as e:
                 if self.stopping.is_set():
                     return
-                log.warning("LISTEN cannot use %s (%s: %s); trying again in %.0f s. Meanwhile "
-                            "new rows wait for the sweeper, which logs it if the database "
-                            "fails it too", shown_url(self.database_url), type(e).__name__,
-                            first_line(e), backoff)
+                self._log_failure(e, backoff, was_listening=listening)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
+
+    def _log_failure(self, error: Exception, backoff: float, *, was_listening: bool) -> None:
+        """What is true: a lost connection leaves the sweeper to find new rows; a database
+        that cannot be reached at all (down, or a wrong URL) stops the sweeper and dispatch
+        too, for they use the same one."""
+        detail = first_line(error)
+        if was_listening:
+            log.warning("LISTEN connection to %s lost (%s: %s); retrying in %.0f s, the "
+                        "sweeper finds new rows meanwhile", shown_url(self.database_url),
+                        type(error).__name__, detail, backoff)
+        else:
+            log.error("cannot reach the outbox database at %s to LISTEN (%s: %s); retrying in "
+                      "%.0f s. The sweeper and dispatch use the same database: nothing is "
+                      "delivered until it answers", shown_url(self.database_url),
+                      type(error).__name__, detail, backoff)
 
     def _hears_a_probe(self, conn: Any) -> bool:
         """Notify the channel from a second connection and wait to hear it on this one.

@@ -4,6 +4,7 @@ and on MariaDB ("mariadb"), where `spotler-outbox migrate` put the outbox tables
 from __future__ import annotations
 
 import pymysql
+from psycopg import IsolationLevel
 from sqlalchemy.engine import make_url
 
 from tests.conftest import SERVER_URLS, TEST_DB
@@ -35,4 +36,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 DATABASES = {
     "default": _database(SERVER_URLS["postgresql"], "django.db.backends.postgresql"),
     "mariadb": _database(SERVER_URLS["mariadb"], "django.db.backends.mysql"),
+    # The same database, as a shop running its transactions at REPEATABLE READ has it.
+    "repeatable_read": {
+        **_database(SERVER_URLS["postgresql"], "django.db.backends.postgresql"),
+        "OPTIONS": {"isolation_level": IsolationLevel.REPEATABLE_READ},
+    },
+    "mariadb_repeatable_read": {
+        **_database(SERVER_URLS["mariadb"], "django.db.backends.mysql"),
+        "OPTIONS": {"charset": "utf8mb4", "isolation_level": "repeatable read"},
+    },
 }

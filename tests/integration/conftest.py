@@ -3,6 +3,7 @@ throwaway PostgreSQL and Redis servers for the tests that stop, crash or flip th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -55,3 +56,20 @@ def redis_server() -> Iterator[ThrowawayRedis]:
     server = ThrowawayRedis()
     yield server
     server.destroy()
+
+
+@pytest.fixture(scope="module")
+def django_project() -> Iterator[None]:
+    """The test shop's Django project (tests/django_shop), set up once per module."""
+    import django
+
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.django_shop.settings"
+    try:
+        django.setup()  # reads the settings now
+    finally:
+        # Not inherited by the processes later tests start: Celery would load Django for it.
+        del os.environ["DJANGO_SETTINGS_MODULE"]
+    yield
+    from django.db import connections
+
+    connections.close_all()

@@ -193,10 +193,10 @@ def test_rows_of_an_account_without_credentials_wait_visibly_and_go_once_it_has_
                         ("SPOTLER_ACCOUNTS_FILE", settings.accounts_file)):
         monkeypatch.setenv(name, value)
     reset_settings()
-    assert main(["status"]) == 0
+    assert main(["status"]) == 1  # rows waiting for credentials are a problem found
     out = capsys.readouterr().out
     assert "shop-de" in out and "NO CREDENTIALS: 2 rows wait for them" in out
-    assert main(["status", "--json", "--account", DE]) == 0
+    assert main(["status", "--json", "--account", DE]) == 1
     shown = json.loads(capsys.readouterr().out)
     assert shown["counts"]["pending"] == 2 and shown["accounts"][0]["credentials"] is False
 

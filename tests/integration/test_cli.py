@@ -59,7 +59,7 @@ def test_status_counts_rows_per_status_in_text_and_json(
     seed(engine, "F-1", status=Status.FAILED.value, last_error="gave up")
 
     code, out, _ = run_cli(capsys, "status")
-    assert code == 0
+    assert code == 1  # the failed row is a problem found
     assert [line.split() for line in out.splitlines()[1:5]] == [
         ["pending", "2"], ["in_flight", "0"], ["delivered", "1"], ["failed", "1"]]
     assert "Dispatch:            running" in out
@@ -82,7 +82,7 @@ def test_status_shows_a_pause_with_its_reason(
         control.pause(conn, reason="Spotler refused the credentials (HTTP 401)", now=now(),
                     check_at=now())
     code, out, _ = run_cli(capsys, "status")
-    assert code == 0
+    assert code == 1
     assert "PAUSED since" in out and "HTTP 401" in out
 
 

@@ -3,7 +3,6 @@ Django's own connection, on PostgreSQL and MariaDB; a real worker delivers what 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,22 +22,6 @@ from tests.integration.workers import REDIS_URL, running_worker, wait_for, worke
 pytest.importorskip("django")
 
 ALIASES = {"postgresql": "default", "mariadb": "mariadb"}
-
-
-@pytest.fixture(scope="module")
-def django_project() -> Iterator[None]:
-    import django
-
-    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.django_shop.settings"
-    try:
-        django.setup()  # reads the settings now
-    finally:
-        # Not inherited by the processes later tests start: Celery would load Django for it.
-        del os.environ["DJANGO_SETTINGS_MODULE"]
-    yield
-    from django.db import connections
-
-    connections.close_all()
 
 
 @pytest.fixture(params=list(ALIASES))

@@ -16,3 +16,5 @@ def test_the_enqueue_cost_benchmark_reports_both_kinds_and_their_ratio(database:
                                 broker_url=REDIS_URL)
     assert cost.enqueue.call_ms > 0 and cost.raw_insert.call_ms > 0
     assert f"{cost.ratio:.2f}x" in cost.line()
+    # PostgreSQL's third kind: the raw INSERT never prepared, as the enqueue's statements.
+    assert (cost.raw_unprepared is not None) == (database == "postgresql")

@@ -80,7 +80,6 @@ def test_a_connection_is_accepted_and_its_transaction_decides(engine: Engine,
         with conn.begin():
             result = enqueue_purchase(conn, purchase("C-1"), settings=settings)
             assert result.created
-            assert result.row.orderid == "C-1"
         with conn.begin() as tx:
             enqueue_purchase(conn, purchase("C-2"), settings=settings)
             tx.rollback()
@@ -154,7 +153,6 @@ def test_the_id_of_a_committed_enqueue_can_be_read_after_the_session_closed(
     with Session(engine) as session, session.begin():
         result = enqueue_purchase(session, purchase("I-1"), settings=settings)
     read_after = result.id
-    assert result.row.orderid == "I-1"
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT id FROM outbox_events WHERE orderid = 'I-1'"))
         assert read_after == stored.scalar_one()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +17,10 @@ from spotler_outbox.models.database import make_engine
 from spotler_outbox.worker.fake_spotler.server import RunningFakeApi
 from tests.integration.fixtures import API_KEY
 from tests.integration.test_delivery_e2e import all_settled, enqueue_orders, producer_settings
-from tests.integration.workers import running_worker, wait_for, worker_environment
+from tests.integration.workers import REDIS_URL, running_worker, wait_for, worker_environment
 from tests.services import free_port, wait_port
 
+ROOT = Path(__file__).resolve().parents[2]
 AUTH = ("operator", "flower-secret")
 
 
@@ -61,3 +64,28 @@ def test_flower_shows_the_worker_and_a_finished_dispatch_task_without_secrets(
         flower.terminate()
         flower.wait(10)
         engine.dispose()
+
+
+def test_the_systemd_units_flower_asks_for_the_basic_auth_its_env_file_gives(
+    broker: redis.Redis,
+) -> None:
+    """The unit's own command line, FLOWER_BASIC_AUTH only in the environment (as systemd's
+    EnvironmentFile gives it): Flower must still refuse a request without the password."""
+    unit = ROOT / "ops" / "systemd" / "spotler-outbox-flower.service"
+    exec_start = next(line.split("=", 1)[1] for line in unit.read_text().splitlines()
+                      if line.startswith("ExecStart="))
+    argv = shlex.split(exec_start)
+    port = free_port()
+    argv = [sys.executable, "-m", "celery", *argv[1:]]
+    argv = [f"--port={port}" if a.startswith("--port=") else a for a in argv]
+    env = {**os.environ, "OUTBOX_BROKER_URL": REDIS_URL,
+           "FLOWER_BASIC_AUTH": f"{AUTH[0]}:{AUTH[1]}"}
+    flower = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        base = f"http://127.0.0.1:{port}"
+        assert requests.get(f"{base}/api/workers", timeout=5).status_code == 401
+        assert requests.get(f"{base}/api/workers", auth=AUTH, timeout=10).status_code == 200
+    finally:
+        flower.terminate()
+        flower.wait(10)

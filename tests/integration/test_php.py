@@ -4,6 +4,7 @@ against PostgreSQL and MariaDB, then delivered by a real Celery worker."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.integration.workers import running_worker, wait_for, worker_environme
 
 ROOT = Path(__file__).resolve().parents[2]
 PLACE_ORDER = ROOT / "tests" / "php" / "place_order.php"
+ENQUEUE_SCRIPT = ROOT / "examples" / "php" / "enqueue.php"
 PDO_DRIVER = {"postgresql": "pdo_pgsql", "mysql": "pdo_mysql"}
 
 
@@ -125,3 +127,45 @@ def test_a_bad_event_inserted_by_php_is_parked_with_its_reason_and_the_good_one_
     assert parked.status == "failed"
     assert "products[0].quantity" in parked.last_error
     assert api.state.received()["orderids"] == {"100000011": 1}
+
+
+def run_enqueue_script(database_url: str, event: dict[str, Any], *account: str,
+                       ) -> subprocess.CompletedProcess[str]:
+    """examples/php/enqueue.php, run as docs/integrating.md prints it."""
+    backend = make_url(database_url).get_backend_name()
+    php = php_or_skip(PDO_DRIVER[backend])
+    dsn, user, password = pdo_dsn(database_url)
+    return subprocess.run([php, str(ENQUEUE_SCRIPT), dsn, user, *account],
+                          input=json.dumps(event), env={**os.environ, "DB_PASSWORD": password},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_php_example_script_enqueues_once_and_a_worker_delivers_it(
+    server_database_url: str, api: RunningFakeApi, broker: redis.Redis, tmp_path: Path,
+) -> None:
+    event = {"email": "jane.doe@example.com", "orderid": "PHP-1",
+             "products": [{"id": "SKU-1", "quantity": 2, "price": 9.95}], "currency": "EUR"}
+    first = run_enqueue_script(server_database_url, event)
+    assert (first.returncode, first.stdout) == (0, "enqueued order PHP-1\n"), first.stderr
+    again = run_enqueue_script(server_database_url, event)
+    assert again.stdout == "order PHP-1 was already in the outbox: nothing added\n"
+    store = run_enqueue_script(server_database_url, {**event, "orderid": "PHP-2"}, "shop-be")
+    assert store.returncode == 0, store.stderr
+    engine = make_engine(server_database_url)
+    assert row(engine, "PHP-2").account == "shop-be"
+    env = worker_environment(server_database_url, api.url)
+    with running_worker("php-script", env, tmp_path):
+        wait_for(lambda: statuses(engine).get("PHP-1") == "delivered", 30, "the delivery")
+    engine.dispose()
+    assert api.state.received()["orderids"] == {"PHP-1": 1}  # shop-be has no key here
+    assert api.state.events_for("PHP-1") == [{**event, "event": "Purchase"}]
+
+
+def test_the_php_example_script_says_how_to_use_it_and_what_the_database_refused(
+    server_database_url: str,
+) -> None:
+    usage = run_enqueue_script(server_database_url, {}, "a", "b")
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: DB_PASSWORD=")
+    too_long = run_enqueue_script(server_database_url, {"orderid": "X" * 200, "email": "a@b.c",
+                                                        "products": []})
+    assert too_long.returncode == 1 and "the database refused" in too_long.stderr

@@ -8,10 +8,9 @@ import time
 import pytest
 
 from spotler_outbox.models.errors import ConfigurationError
-from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.settings import Settings, check_api_url
 from spotler_outbox.worker.spotler.client import (
     SpotlerClient,
-    check_api_url,
     classify,
     parse_retry_after,
 )

@@ -94,3 +94,11 @@ def test_the_worker_gets_longer_to_stop_than_a_request_takes_and_stops_as_a_grou
     service = unit(ROOT / "ops" / "systemd" / "spotler-outbox-worker.service")["Service"]
     assert int(service["TimeoutStopSec"]) >= 60  # 5 s connect + 30 s read, the defaults
     assert (service["KillMode"], service["KillSignal"]) == ("control-group", "SIGTERM")
+
+
+@pytest.mark.parametrize("path", UNITS, ids=lambda p: p.name)
+def test_no_unit_puts_a_setting_of_the_env_file_on_its_command_line(path: Path) -> None:
+    """${NAME} on ExecStart shows the value in `ps` and `systemctl status`: the programs read
+    their settings (Flower its FLOWER_BASIC_AUTH) from the environment the file gives them."""
+    assert "$" not in unit(path)["Service"]["ExecStart"]
+

@@ -90,11 +90,16 @@ def test_multi_currency_and_multi_language_make_their_fields_required() -> None:
     ]
 
 
-@pytest.mark.parametrize("stamp", ["2026-11-27T10:00:00", "2026-11-27 10:00", "1732700000000"])
+@pytest.mark.parametrize("stamp, message", [
+    ("2026-11-27T10:00:00", "timestamp: a datetime without a timezone, which Spotler would "
+                            "read as CET; add the timezone"),
+    ("2026-11-27 10:00", "timestamp: a datetime without a timezone"),
+    ("1732700000000", "timestamp: must be epoch seconds, an ISO 8601 datetime"),
+])
 def test_a_date_without_timezone_is_refused_because_spotler_would_read_it_as_cet(
-    stamp: str,
+    stamp: str, message: str,
 ) -> None:
-    with pytest.raises(InvalidEvent, match="timestamp: must be epoch seconds or an ISO 8601"):
+    with pytest.raises(InvalidEvent, match=message):
         validate_purchase(purchase(timestamp=stamp))
 
 

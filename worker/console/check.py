@@ -43,9 +43,10 @@ def _test_purchase(args: argparse.Namespace, settings: Settings) -> dict[str, An
 
 
 def _answer(e: DeliveryError) -> str:
+    """What came back, or that nothing did: the request never reached Spotler's HTTP."""
     if e.http_status is None:
-        return f"no HTTP answer: {e}"
-    return f"HTTP {e.http_status}: {mask_emails(e.excerpt) or '(empty body)'}"
+        return f"no HTTP answer from Spotler: {e}"
+    return f"Spotler answered HTTP {e.http_status}: {mask_emails(e.excerpt) or '(empty body)'}"
 
 
 def _client(args: argparse.Namespace, settings: Settings) -> SpotlerClient:
@@ -86,7 +87,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             print(f"verifyAuth: OK, Spotler answered HTTP {accepted.http_status}: "
                   f"{mask_emails(accepted.excerpt)}")
         except DeliveryError as e:
-            print(f"verifyAuth: FAILED, Spotler answered {_answer(e)}")
+            print(f"verifyAuth: FAILED, {_answer(e)}")
             return PROBLEMS
         if event is None:
             return OK
@@ -98,7 +99,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             print(f"track: Spotler answered HTTP {accepted.http_status}: "
                   f"{mask_emails(accepted.excerpt) or '(empty body)'}")
         except DeliveryError as e:
-            print(f"track: FAILED, Spotler answered {_answer(e)}")
+            print(f"track: FAILED, {_answer(e)}")
             return PROBLEMS
         hashed = ("\nSPOTLER_HASH_EMAIL is on: the profile holds the SHA-256 of the address."
                   if settings.hash_email else "")

@@ -34,6 +34,7 @@ from spotler_outbox.worker.console.outbox_commands import (
     cmd_retry,
     cmd_show,
     cmd_status,
+    database_url,
     outbox,
 )
 from spotler_outbox.worker.fake_spotler import server as fake_api
@@ -71,7 +72,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_grants(args: argparse.Namespace, settings: Settings) -> int:
-    url = sa.engine.make_url(settings.database_url)
+    url = sa.engine.make_url(database_url(settings))
     names = {role: getattr(args, role) for role in grants.ROLES}
     print(grants.grants_script(url.get_backend_name(), url.database or "", grants.logins(names),
                                schema=args.schema, host=args.host), end="")
@@ -118,9 +119,16 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 # --- the parser --------------------------------------------------------------------------
 
 Handler = Callable[[argparse.Namespace, Settings], int]
-_FAULT_FLAGS = (("--error-rate", float, 0.0), ("--error-status", int, 503),
-                ("--latency-ms", float, 0.0), ("--timeout-rate", float, 0.0),
-                ("--timeout-seconds", float, 60.0), ("--rate-limit-seconds", float, 0.0))
+_FAULT_FLAGS = (
+    ("--error-rate", float, 0.0, "share of track requests answered with --error-status (0-1)"),
+    ("--error-status", int, 503, "the status of those answers (default 503)"),
+    ("--latency-ms", float, 0.0, "wait this long before each answer"),
+    ("--timeout-rate", float, 0.0, "share of track requests held for --timeout-seconds "
+                                   "(their events are still taken)"),
+    ("--timeout-seconds", float, 60.0, "how long such a request is held"),
+    ("--rate-limit-seconds", float, 0.0, "answer 429, with Retry-After, for this many seconds "
+                                         "from the start"),
+)
 
 
 def _account_option(p: argparse.ArgumentParser) -> None:
@@ -166,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     _account_option(p)
     p = command("purge", cmd_purge,
-                "delete old delivered orders and the attempts left without orders")
+                "empty the payloads of orders delivered before a date, keeping each one's "
+                "orderid (so enqueueing it again sends nothing), and delete the attempts left "
+                "without orders; what the workers' retention does hourly")
     p.add_argument("--delivered-before", required=True, metavar="AGE_OR_DATE",
                    help="a duration such as 30d, or an ISO date/datetime (UTC unless given)")
     _account_option(p)
@@ -189,24 +199,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orderid", help="the test order's id (default: spotler-outbox-check-TIME)")
     p.add_argument("--yes", action="store_true",
                    help="really send the test purchase (without it, only shows it)")
-    _account_option(p)
+    p.add_argument("--account", metavar="ACCOUNT",
+                   help="the Spotler account (store) whose key to check, from "
+                        "SPOTLER_ACCOUNTS_FILE; default: the default account (SPOTLER_ACCOUNT)")
     p = command("grants", cmd_grants, "print SQL creating least-privilege users for the order "
                 "system, the workers and an operator (OUTBOX_DATABASE_URL names the database)")
     for role, name in grants.DEFAULT_NAMES.items():
         p.add_argument(f"--{role}", default=name, metavar="NAME", help=f"default {name}")
     p.add_argument("--schema", default="public", help="PostgreSQL: the outbox tables' schema")
     p.add_argument("--host", default="%", help="MariaDB/MySQL: the users' host part")
-    p = command("fake-api", cmd_fake_api, "serve a fake Spotler API on loopback")
-    p.add_argument("--host", default="127.0.0.1")
+    p = command("fake-api", cmd_fake_api, "serve a fake Spotler API on loopback (what it "
+                "received: GET /_fake/received; see docs/integrating.md)")
+    p.add_argument("--host", default="127.0.0.1", help="a loopback address only")
     p.add_argument("--port", type=int, default=8900)
     p.add_argument("--account", help="default: SPOTLER_ACCOUNT, else demo-account")
     p.add_argument("--api-key", help="default: SPOTLER_API_KEY, else demo-key")
-    for flag, kind, default in _FAULT_FLAGS:
-        p.add_argument(flag, type=kind, default=default)
-    p.add_argument("--auth-failure", action="store_true")
-    p.add_argument("--accept-fewer", action="store_true")
-    p.add_argument("--reject-orderid", action="append", default=[], metavar="ORDERID")
-    p.add_argument("--seed", type=int)
+    for flag, kind, default, what in _FAULT_FLAGS:
+        p.add_argument(flag, type=kind, default=default, help=what)
+    p.add_argument("--auth-failure", action="store_true",
+                   help="refuse every key: 401 to track and verifyAuth")
+    p.add_argument("--accept-fewer", action="store_true",
+                   help="answer 200 but count one event fewer than sent (a partial answer)")
+    p.add_argument("--reject-orderid", action="append", default=[], metavar="ORDERID",
+                   help="answer 400 to any request carrying this order, naming it "
+                        "(repeat for more)")
+    p.add_argument("--seed", type=int, help="seed of the error and timeout dice")
     p = command("metrics", exporter.cmd_metrics, "serve Prometheus metrics read from the outbox")
     p.add_argument("--host", default="127.0.0.1", help="keep it on loopback or a private net")
     p.add_argument("--port", type=int, default=9808)

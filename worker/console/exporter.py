@@ -56,6 +56,7 @@ from spotler_outbox.models.operations import (
 from spotler_outbox.models.settings import Settings, get_settings
 from spotler_outbox.models.tables import DUE_STATUSES
 from spotler_outbox.worker.console.attempt_feed import FeedPosition, advance
+from spotler_outbox.worker.console.outbox_commands import database_url
 from spotler_outbox.worker.spotler.errors import OUTCOMES
 
 log = logging.getLogger("spotler_outbox.metrics")
@@ -237,7 +238,7 @@ def start_exporter(engine: Engine, host: str, port: int, settings: Settings | No
 
 
 def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
-    engine = exporter_engine(settings.database_url)
+    engine = exporter_engine(database_url(settings))
     try:
         try:
             server, thread = start_exporter(engine, args.host, args.port, settings)

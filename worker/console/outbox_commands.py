@@ -8,13 +8,14 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from spotler_outbox.models import operations as ops
 from spotler_outbox.models.clock import utc_now
 from spotler_outbox.models.database import make_engine, require_existing_sqlite, shown_url
-from spotler_outbox.models.errors import OutboxError, UsageError
+from spotler_outbox.models.errors import ConfigurationError, OutboxError, UsageError
 from spotler_outbox.models.settings import Settings
 from spotler_outbox.models.tables import DUE_STATUSES, Status
 from spotler_outbox.worker.console.account_status import (
@@ -36,10 +37,20 @@ from spotler_outbox.worker.logs import mask_emails
 OK, PROBLEMS = 0, 1
 
 
+def database_url(settings: Settings) -> str:
+    """OUTBOX_DATABASE_URL, which has no default: a guess would create an empty outbox (a
+    ./spotler_outbox.db) that no order system writes to."""
+    if not settings.database_url:
+        raise ConfigurationError(
+            "OUTBOX_DATABASE_URL is not set: point it at the shop's database, e.g. "
+            "postgresql+psycopg://user:password@host/shop (`spotler-outbox demo` brings its own)")
+    return settings.database_url
+
+
 @contextmanager
 def outbox(settings: Settings, *, must_exist: bool = True) -> Iterator[Engine]:
     """An engine on the configured outbox, disposed on the way out."""
-    engine = make_engine(settings.database_url)
+    engine = make_engine(database_url(settings))
     try:
         if must_exist:
             require_existing_sqlite(engine)
@@ -58,6 +69,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     oldest_age = (now - s.oldest_due_created_at).total_seconds() if s.oldest_due_created_at \
         else None
     held = c.not_before if c.not_before and c.not_before > now else None
+    problems = status_problems(s.counts, accounts)
     if args.json:
         def iso(v: dt.datetime | None) -> str | None:
             return v.isoformat() if v else None
@@ -70,9 +82,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             "deliveries_per_minute_5m": round(s.deliveries_per_minute(), 2),
             "paused": c.paused, "paused_reason": mask_emails(c.paused_reason or "") or None,
             "paused_since": iso(c.paused_since), "rate_limited_until": iso(held),
-            "accounts": accounts,
+            "accounts": accounts, "problems": problems,
         }, indent=2))
-        return OK
+        return PROBLEMS if problems else OK
     print(f"Outbox {shown_url(settings.database_url)}")
     for status, count in s.counts.items():
         print(f"  {status:<10} {count:>9}")
@@ -88,7 +100,25 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if len(accounts) > 1 or any(not (r["credentials"] and r["account"] == "")
                                 for r in accounts):
         print_accounts(accounts)
-    return OK
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
+    return PROBLEMS if problems else OK
+
+
+def status_problems(counts: dict[str, int], accounts: list[dict[str, Any]]) -> list[str]:
+    """What needs an operator (exit 1): failed rows, a paused account, rows that wait for
+    credentials nobody has given. A rate-limit hold passes by itself and is no problem."""
+    problems = []
+    if counts.get(Status.FAILED, 0):
+        problems.append(f"{counts[Status.FAILED]} failed orders (spotler-outbox list --status "
+                        "failed shows why; retry them once fixed)")
+    for r in accounts:
+        if r["paused"]:
+            problems.append(f"dispatch for {r['name']} is paused: {r['paused_reason']}")
+        waiting = sum(r["counts"][status] for status in DUE_STATUSES)
+        if not r["credentials"] and waiting:
+            problems.append(f"{waiting} rows of {r['name']} wait for credentials")
+    return problems
 
 
 def _next_attempt(row: ops.EventRow, now: dt.datetime) -> str:

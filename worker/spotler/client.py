@@ -6,18 +6,16 @@ Every outcome of a request is mapped to one class in `classify`, in one place.
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 
 from spotler_outbox.models.errors import ConfigurationError
-from spotler_outbox.models.settings import Settings
+from spotler_outbox.models.settings import Settings, check_api_url
 from spotler_outbox.models.validation import canonical_json
 from spotler_outbox.models.version import installed_version
 from spotler_outbox.worker.spotler.deadline import DeadlineAdapter, request_deadline
@@ -38,27 +36,6 @@ EXCERPT_LIMIT = 500
 class Accepted:
     http_status: int
     excerpt: str
-
-
-def check_api_url(url: str) -> str:
-    """https anywhere; plain http only to this machine, so TLS can never be switched off."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return url.rstrip("/")
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
-        return url.rstrip("/")
-    raise ConfigurationError(
-        f"SPOTLER_API_URL: must be https:// (plain http:// only for loopback), got {url!r}"
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def excerpt(text: str) -> str:
