@@ -334,7 +334,8 @@ def test_a_claim_whose_lease_passed_cannot_touch_a_row_another_claim_now_holds_i
         claims.park(conn, [(old.id, "x")], token="old", now=later)
     held = row(engine, "E-2")
     assert (held.status, held.claim_token, held.attempts) == (Status.IN_FLIGHT, "new", 2)
-    assert held.last_error is None and held.delivered_at is None
+    # The note is the new claim's (the row was re-taken in flight); the old claim wrote nothing.
+    assert held.last_error == claims.RECLAIMED_NOTE and held.delivered_at is None
 
 
 def test_an_operator_retry_of_an_old_order_gets_a_full_retry_window(

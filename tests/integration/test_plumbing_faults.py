@@ -1,5 +1,6 @@
 """Exactly once on a shop's real plumbing, with real workers: a failover that turns the
-database read-only mid-drain, and a worker host whose clock is ahead.
+database read-only mid-drain, a worker host whose clock is ahead, and PgBouncer in
+transaction mode between the database and both the workers and the shop.
 
 The oracle is the fake API's own count of what it received, per orderid.
 """
@@ -7,20 +8,23 @@ The oracle is the fake API's own count of what it received, per orderid.
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import redis
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
+from spotler_outbox import enqueue_purchase
 from spotler_outbox.models.database import make_engine
 from spotler_outbox.models.settings import Settings
 from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi
-from tests.conftest import in_ci
+from tests.conftest import in_ci, purchase
 from tests.integration.test_delivery_e2e import all_settled, counts, enqueue_orders
-from tests.integration.workers import running_worker, wait_for, worker_environment
-from tests.services import ThrowawayPostgres, ThrowawayRedis
+from tests.integration.workers import REDIS_URL, running_worker, wait_for, worker_environment
+from tests.services import ThrowawayPgBouncer, ThrowawayPostgres, ThrowawayRedis
 
 
 def set_read_only(server: ThrowawayPostgres, on: bool) -> None:
@@ -101,3 +105,51 @@ def test_a_worker_whose_clock_is_ninety_seconds_ahead_takes_no_lease_another_wor
     assert api.state.received()["orderids"] == dict.fromkeys(orderids, 1)
     assert skewed_log.count("s ahead of the database's") == 1  # said once, and corrected
     assert "Discarding revoked task" not in skewed_log  # no wake-up dropped as expired
+
+
+def test_workers_and_concurrent_checkouts_behind_pgbouncer_in_transaction_mode_send_each_once(
+    postgres_url: str, api: RunningFakeApi, broker: redis.Redis, tmp_path: Path,
+) -> None:
+    bouncer = ThrowawayPgBouncer(str(sa.engine.make_url(postgres_url).database),
+                                 pool_mode="transaction", pool_size=4)
+    direct = make_engine(postgres_url)
+    with direct.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS pgb_orders")
+        conn.exec_driver_sql("CREATE TABLE pgb_orders (id text PRIMARY KEY)")
+    # The shop's engine as docs/integrating.md says to build it behind such a pooler; the
+    # enqueue's own statements are never prepared, whatever the engine says.
+    shop = sa.create_engine(bouncer.url, connect_args={"prepare_threshold": None})
+    producer = Settings(database_url=bouncer.url, broker_url=REDIS_URL)
+    failures: list[BaseException] = []
+
+    def checkouts(first: int) -> None:
+        for n in range(first, first + 50):
+            try:
+                with Session(shop) as session, session.begin():
+                    session.execute(sa.text("INSERT INTO pgb_orders VALUES (:id)"),
+                                    {"id": f"PB-{n}"})
+                    enqueue_purchase(session, purchase(f"PB-{n}"), settings=producer)
+            except Exception as e:  # a checkout that failed: the test's point
+                failures.append(e)
+
+    api.state.set_faults(Faults(latency_ms=50))
+    env = worker_environment(bouncer.url, api.url, SPOTLER_BATCH_SIZE="10")
+    try:
+        with running_worker("w1", env, tmp_path) as worker:
+            producers = [threading.Thread(target=checkouts, args=(50 * i,)) for i in range(4)]
+            for thread in producers:
+                thread.start()
+            for thread in producers:
+                thread.join(120)
+            wait_for(lambda: all_settled(direct, 200), 90, "200 deliveries")
+            output = worker.output()
+    finally:
+        shop.dispose()
+        bouncer.destroy()
+    with direct.connect() as conn:
+        orders = conn.execute(sa.text("SELECT count(*) FROM pgb_orders")).scalar_one()
+    direct.dispose()
+    assert not failures and orders == 200  # every checkout committed
+    assert api.state.received()["orderids"] == {f"PB-{n}": 1 for n in range(200)}
+    assert "prepared statement" not in output and "Traceback" not in output
+    assert "hears no notification" in output  # LISTEN stood down; the sweeper delivered
