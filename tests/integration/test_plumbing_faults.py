@@ -142,6 +142,8 @@ def test_workers_and_concurrent_checkouts_behind_pgbouncer_in_transaction_mode_s
             for thread in producers:
                 thread.join(120)
             wait_for(lambda: all_settled(direct, 200), 90, "200 deliveries")
+            # The listener's probe takes PROBE_SECONDS; wake-ups after commit delivered meanwhile.
+            wait_for(lambda: "hears no notification" in worker.output(), 30, "LISTEN stood down")
             output = worker.output()
     finally:
         shop.dispose()
@@ -152,4 +154,3 @@ def test_workers_and_concurrent_checkouts_behind_pgbouncer_in_transaction_mode_s
     assert not failures and orders == 200  # every checkout committed
     assert api.state.received()["orderids"] == {f"PB-{n}": 1 for n in range(200)}
     assert "prepared statement" not in output and "Traceback" not in output
-    assert "hears no notification" in output  # LISTEN stood down; the sweeper delivered
