@@ -108,10 +108,10 @@ def require_existing_sqlite(engine: Engine) -> None:
                                  "migrate` or point OUTBOX_DATABASE_URL at it")
 
 
-# A node that turned read-only in a failover, or a standby: PostgreSQL's SQLSTATE, and
-# MySQL's and MariaDB's error numbers (--read-only, a READ ONLY transaction, read-only mode).
+# A node that turned read-only in a failover, or a standby: PostgreSQL's SQLSTATE (psycopg
+# raises it as an InternalError). PyMySQL and mysqlclient raise MySQL's and MariaDB's
+# read-only errors (1290, 1792, 1836) as OperationalError already (test_outage_errors.py).
 _READ_ONLY_SQLSTATES = {"25006"}
-_READ_ONLY_ERRNOS = {1290, 1792, 1836}
 
 
 def database_unavailable(error: BaseException) -> bool:
@@ -125,11 +125,7 @@ def database_unavailable(error: BaseException) -> bool:
     if isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError) \
             or error.connection_invalidated:
         return True
-    cause = error.orig
-    if getattr(cause, "sqlstate", None) in _READ_ONLY_SQLSTATES:
-        return True
-    args: tuple[object, ...] = getattr(cause, "args", ())
-    return bool(args) and args[0] in _READ_ONLY_ERRNOS
+    return getattr(error.orig, "sqlstate", None) in _READ_ONLY_SQLSTATES
 
 
 _MISSING_TABLE = re.compile(r"no such table|relation .* does not exist|table .* doesn't exist",
