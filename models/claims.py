@@ -202,26 +202,23 @@ def renew(conn: sa.Connection, *, token: str, now: dt.datetime, lease_until: dt.
 _HANDED_BACK = {"status": Status.PENDING.value, "next_attempt_at": sa.bindparam("not_before"),
                 "attempts": events.c.attempts - 1, "updated_at": sa.bindparam("now"),
                 "last_error": sa.bindparam("note"), **_UNCLAIMED}
-_RELEASE_ALL = events.update().where(_CLAIMED_BY_US).values(_HANDED_BACK)
-_RELEASE_SOME = _per_dialect(
+_RELEASE = _per_dialect(
     lambda some: events.update().where(some, _HELD_BY_US).values(_HANDED_BACK))
 
 
 def release(
-    conn: sa.Connection, *, token: str, now: dt.datetime, note: str,
-    not_before: dt.datetime | None = None, ids: Sequence[int] | None = None,
+    conn: sa.Connection, *, token: str, now: dt.datetime, note: str, ids: Sequence[int],
+    not_before: dt.datetime | None = None,
 ) -> int:
-    """Hand rows back without counting an attempt: `ids`, or every row the claim still holds.
+    """Hand the rows `ids` the claim still holds back without counting an attempt.
 
     They are due again at `not_before` (default: now). Returns how many were handed back.
     """
-    params: dict[str, Any] = {"token": token, "now": now, "note": note,
-                              "not_before": now if not_before is None else not_before}
-    if ids is None:
-        return int(conn.execute(_RELEASE_ALL, params).rowcount)
     if not ids:
         return 0
-    return int(conn.execute(_RELEASE_SOME(conn), {**params, "ids": list(ids)}).rowcount)
+    return int(conn.execute(_RELEASE(conn), {
+        "token": token, "now": now, "note": note, "ids": list(ids),
+        "not_before": now if not_before is None else not_before}).rowcount)
 
 
 _MARK_DELIVERED = _per_dialect(lambda some: events.update().where(some, _HELD_BY_US).values(

@@ -327,7 +327,6 @@ def test_a_claim_whose_lease_passed_cannot_touch_a_row_another_claim_now_holds_i
         assert claims.mark_delivered(conn, [old.id], token="old", now=later,
                                      http_status=200) == 0
         assert claims.renew(conn, token="old", now=later, lease_until=later) == 0
-        assert claims.release(conn, token="old", now=later, note="x") == 0
         assert claims.release(conn, token="old", now=later, note="x", ids=[old.id]) == 0
         claims.schedule_retries(conn, [claims.ScheduledRetry(old.id, later)], token="old",
                                 now=later, error="x", http_status=503)
