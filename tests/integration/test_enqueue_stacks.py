@@ -65,9 +65,11 @@ def test_ten_thousand_requests_through_a_scoped_session_add_no_listeners_and_no_
         took.append(time.thread_time() - started)
     assert listeners(factory) == before
     first, last = sorted(took[:WINDOW]), sorted(took[-WINDOW:])
-    # Medians of the first and last thousand, in one run: flat, within a generous bound.
-    # (A listener added per call makes every later commit walk one more.)
-    assert last[WINDOW // 2] / first[WINDOW // 2] < 1.5
+    # Medians of the first and last thousand, in one run. A listener added per call makes
+    # every later commit walk one more: thousands by the last window, many times slower. A
+    # loaded shared machine moved the ratio of a correct build up to 1.5 (cache pressure),
+    # so the bound leaves room for that and none for a leak.
+    assert last[WINDOW // 2] / first[WINDOW // 2] < 3
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT count(*) FROM outbox_events")).scalar()
     assert stored == 1 + CALLS - CALLS // 10
