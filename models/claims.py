@@ -204,19 +204,21 @@ _HANDED_BACK = {"status": Status.PENDING.value, "next_attempt_at": sa.bindparam(
                 "last_error": sa.bindparam("note"), **_UNCLAIMED}
 _RELEASE = _per_dialect(
     lambda some: events.update().where(some, _HELD_BY_US).values(_HANDED_BACK))
+_RELEASE_COUNTED = _per_dialect(lambda some: events.update().where(some, _HELD_BY_US).values(
+    {**_HANDED_BACK, "attempts": events.c.attempts}))
 
 
 def release(
     conn: sa.Connection, *, token: str, now: dt.datetime, note: str, ids: Sequence[int],
-    not_before: dt.datetime | None = None,
+    not_before: dt.datetime | None = None, attempt_counted: bool = False,
 ) -> int:
-    """Hand the rows `ids` the claim still holds back without counting an attempt.
-
-    They are due again at `not_before` (default: now). Returns how many were handed back.
-    """
+    """Hand the rows `ids` the claim still holds back, due again at `not_before` (default:
+    now). Without an attempt counted, unless `attempt_counted`: a request of this claim
+    carried them already, so the attempt its claim counted stands. Returns how many."""
     if not ids:
         return 0
-    return int(conn.execute(_RELEASE(conn), {
+    statement = _RELEASE_COUNTED if attempt_counted else _RELEASE
+    return int(conn.execute(statement(conn), {
         "token": token, "now": now, "note": note, "ids": list(ids),
         "not_before": now if not_before is None else not_before}).rowcount)
 

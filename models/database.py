@@ -49,8 +49,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_driver_name() == "psycopg":
         # psycopg 3 prepares a statement on the server after a few runs; behind a pooler in
         # transaction mode (PgBouncer before 1.21, most managed set-ups) the next transaction
-        # may run on another server connection, where it does not exist. The worker's
-        # statements are planned per call anyway (`./dev bench`: no measurable cost).
+        # may run on another server connection, where it does not exist. The price, a parse
+        # and plan per statement, is in the database's CPU per event (`./dev bench`).
         connect_args = {"prepare_threshold": None, **options.pop("connect_args", {})}
         options["connect_args"] = connect_args
     return sa.create_engine(url, **options)

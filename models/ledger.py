@@ -33,6 +33,9 @@ log = logging.getLogger("spotler_outbox.dispatch")
 # worker may claim the rows as soon as their lease has run out.
 RECORD_RETRY_CAP_SECONDS = 1.0
 BUDGET_HEADROOM = 1.1
+# Written in last_error of a row handed back after a request carried it (a partial answer or
+# a rejection that split the batch), so no row whose request left reads as never sent.
+CARRIED_NOTE = "sent in a batch this claim split after Spotler's answer, not yet sent again"
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,9 @@ class Ledger:
         self.rows = list(rows)
         self.held = {row.id for row in rows}
         self.awaiting_answer: set[int] = set()  # their request left; its answer not recorded
-        self.released = 0  # handed back without an attempt counted
+        # Carried by a request whose answer split the batch (recorded): not "unsent" any more.
+        self.carried: set[int] = set()
+        self.released = 0  # handed back to pending
         self.lost = 0  # another worker claimed them since (their lease had run out)
 
     @classmethod
@@ -139,8 +144,7 @@ class Ledger:
         if not unsent:
             return 0
         with self.engine.begin() as conn:
-            released = claims.release(conn, token=self.token, now=self.clock(), note=note,
-                                      ids=unsent)
+            released = self._release(conn, unsent, note=note, now=self.clock())
         self.held.difference_update(unsent)
         self.released += released
         return released
@@ -205,7 +209,9 @@ class Ledger:
                         time.monotonic() - failing_since)
         ids = {row.id for row in settlement.rows}
         self.awaiting_answer.difference_update(ids)
-        if not settlement.split:
+        if settlement.split:
+            self.carried.update(ids)
+        else:
             self.held.difference_update(ids)
         if settled.lost_claims:
             log.error("%d rows were sent but their claim had passed to another worker",
@@ -231,8 +237,8 @@ class Ledger:
             control.hold_until(conn, now=now, not_before=s.hold_until, account=self.account)
             done.rate_limited = True
         if s.refused_note is not None:
-            done.released = claims.release(conn, token=self.token, now=now, ids=ids,
-                                           note=s.refused_note, not_before=s.due_again_at)
+            done.released = self._release(conn, ids, note=s.refused_note, now=now,
+                                          not_before=s.due_again_at)
         if s.retries:
             claims.schedule_retries(conn, s.retries, token=self.token, now=now,
                                     error=s.error or "", http_status=status)
@@ -241,6 +247,18 @@ class Ledger:
             claims.park(conn, s.parked, token=self.token, now=now, http_status=status)
             done.failed = len(s.parked)
         return done
+
+    def _release(self, conn: sa.Connection, ids: Sequence[int], *, note: str,
+                 now: dt.datetime, not_before: dt.datetime | None = None) -> int:
+        """Back to pending. A row an earlier request of this claim carried keeps the attempt
+        counted and says so: that request reached Spotler, whatever its answer was."""
+        fresh = [i for i in ids if i not in self.carried]
+        carried = [i for i in ids if i in self.carried]
+        released = claims.release(conn, token=self.token, now=now, ids=fresh, note=note,
+                                  not_before=not_before)
+        return released + claims.release(
+            conn, token=self.token, now=now, ids=carried, not_before=not_before,
+            note=f"{CARRIED_NOTE}: {note.removeprefix('not sent: ')}", attempt_counted=True)
 
     def abandon(self, error: BaseException) -> int:
         """After an unexpected error: rows never sent go back (no attempt counted); rows whose

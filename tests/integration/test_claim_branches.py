@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from spotler_outbox.models import claims, control
 from spotler_outbox.models.clock import utc_now
+from spotler_outbox.models.ledger import CARRIED_NOTE
 from spotler_outbox.models.tables import Status
 from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi
 from spotler_outbox.worker.spotler.client import Accepted
@@ -28,7 +29,7 @@ def steal(engine: Engine, orderid: str) -> None:
                              "WHERE orderid = :o"), {"o": orderid})
 
 
-def test_a_claim_that_runs_out_of_time_hands_the_unsent_rest_back_without_an_attempt(
+def test_a_claim_that_runs_out_of_time_hands_the_rest_back_counting_only_the_attempts_that_left(
     database_url: str, engine: Engine, api: RunningFakeApi
 ) -> None:
     # Halving 8 events down to the bad one takes 7 requests of 1.2 s: more than the 7 s a
@@ -42,7 +43,9 @@ def test_a_claim_that_runs_out_of_time_hands_the_unsent_rest_back_without_an_att
     handed_back = [o for o, s in statuses(engine).items() if s == Status.PENDING]
     assert handed_back
     for orderid in handed_back:
-        assert row(engine, orderid).attempts == 0
+        # The first request (answered 400) carried all eight: that attempt stands.
+        assert row(engine, orderid).attempts == 1
+        assert row(engine, orderid).last_error.startswith(CARRIED_NOTE)
         assert "ran out of time or was halted" in row(engine, orderid).last_error
     api.state.set_faults(Faults(reject_orderids=["OT-7"]))
     drain(dispatcher)
@@ -52,7 +55,7 @@ def test_a_claim_that_runs_out_of_time_hands_the_unsent_rest_back_without_an_att
     assert all(n == 1 for n in api.state.received()["orderids"].values())
 
 
-def test_a_claim_halted_by_a_429_mid_split_hands_the_other_half_back_unsent(
+def test_a_claim_halted_by_a_429_mid_split_sends_no_more_and_keeps_the_attempt_its_batch_counted(
     database_url: str, engine: Engine, api: RunningFakeApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dispatcher = make_dispatcher(database_url, api, batch_size=4)
@@ -73,7 +76,36 @@ def test_a_claim_halted_by_a_429_mid_split_hands_the_other_half_back_unsent(
     assert set(statuses(engine).values()) == {Status.PENDING}
     notes = {row(engine, o).last_error for o in ("HL-1", "HL-2", "HL-3", "HL-4")}
     assert any("ran out of time or was halted" in (note or "") for note in notes)
-    assert all(row(engine, o).attempts == 0 for o in ("HL-1", "HL-2", "HL-3", "HL-4"))
+    assert all((note or "").startswith(CARRIED_NOTE) for note in notes)
+    # The 400 carried all four: the attempt stands (the 429 counts none of its own).
+    assert all(row(engine, o).attempts == 1 for o in ("HL-1", "HL-2", "HL-3", "HL-4"))
+
+
+def test_rows_a_partial_answer_sends_again_alone_are_never_handed_back_as_unsent_after_a_429(
+    database_url: str, engine: Engine, api: RunningFakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dispatcher = make_dispatcher(database_url, api, batch_size=3)
+    orders = ["PA-1", "PA-2", "PA-3"]
+    seed(engine, orders, dispatcher.settings)
+    api.state.set_faults(Faults(accept_fewer=True))  # Spotler takes two of the three
+    track = dispatcher.client.track_json
+
+    def then_throttled(events: Any) -> Accepted:
+        try:
+            return track(events)
+        finally:  # the first event sent again alone meets a 429
+            api.state.set_faults(Faults(rate_limit_seconds=30))
+
+    monkeypatch.setattr(dispatcher.client, "track_json", then_throttled)
+    report = dispatcher.run(budget_seconds=0)
+    assert report.rate_limited
+    assert [r["events"] for r in api.state.request_log()] == [3, 1]
+    assert sum(api.state.received()["orderids"].values()) == 2  # two may be at Spotler now
+    for orderid in orders:
+        kept = row(engine, orderid)
+        assert kept.status == Status.PENDING
+        assert kept.attempts == 1  # the first request carried it: its attempt stands
+        assert kept.last_error.startswith(CARRIED_NOTE)
 
 
 def test_a_claim_that_lost_part_of_its_rows_before_sending_sends_nothing_more(
@@ -103,7 +135,7 @@ def test_a_claim_that_lost_part_of_its_rows_before_sending_sends_nothing_more(
     for orderid, status in result.items():
         if status == Status.PENDING:
             assert "part of the claim was lost" in row(engine, orderid).last_error
-            assert row(engine, orderid).attempts == 0
+            assert row(engine, orderid).attempts == 1  # the first request carried them
 
 
 def test_rows_sent_after_their_claim_passed_to_another_worker_are_not_marked_by_this_one(
