@@ -200,12 +200,11 @@ def renew(conn: sa.Connection, *, token: str, now: dt.datetime, lease_until: dt.
 
 
 _HANDED_BACK = {"status": Status.PENDING.value, "next_attempt_at": sa.bindparam("not_before"),
-                "attempts": events.c.attempts - 1, "updated_at": sa.bindparam("now"),
-                "last_error": sa.bindparam("note"), **_UNCLAIMED}
+                "attempts": events.c.attempts - sa.bindparam("uncounted", type_=sa.Integer),
+                "updated_at": sa.bindparam("now"), "last_error": sa.bindparam("note"),
+                **_UNCLAIMED}
 _RELEASE = _per_dialect(
     lambda some: events.update().where(some, _HELD_BY_US).values(_HANDED_BACK))
-_RELEASE_COUNTED = _per_dialect(lambda some: events.update().where(some, _HELD_BY_US).values(
-    {**_HANDED_BACK, "attempts": events.c.attempts}))
 
 
 def release(
@@ -217,9 +216,9 @@ def release(
     carried them already, so the attempt its claim counted stands. Returns how many."""
     if not ids:
         return 0
-    statement = _RELEASE_COUNTED if attempt_counted else _RELEASE
-    return int(conn.execute(statement(conn), {
+    return int(conn.execute(_RELEASE(conn), {
         "token": token, "now": now, "note": note, "ids": list(ids),
+        "uncounted": 0 if attempt_counted else 1,
         "not_before": now if not_before is None else not_before}).rowcount)
 
 

@@ -138,8 +138,9 @@ class Ledger:
         self.held.difference_update(row_id for row_id, _ in reasons)
 
     def hand_back(self, note: str) -> int:
-        """Every held row whose request never left, back to pending, due now, no attempt
-        counted. Rows awaiting their answer stay claimed: they may have reached Spotler."""
+        """Every held row not awaiting an answer back to pending, due now: no attempt counted
+        unless a split batch carried it. Rows awaiting their answer stay claimed: they may
+        have reached Spotler."""
         unsent = sorted(self.held - self.awaiting_answer)
         if not unsent:
             return 0

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from spotler_outbox.models import claims, control
-from spotler_outbox.models.clock import utc_now
+from spotler_outbox.models.clock import as_utc, utc_now
 from spotler_outbox.models.ledger import CARRIED_NOTE
 from spotler_outbox.models.tables import Status
 from spotler_outbox.worker.fake_spotler.server import Faults, RunningFakeApi
@@ -106,6 +106,37 @@ def test_rows_a_partial_answer_sends_again_alone_are_never_handed_back_as_unsent
         assert kept.status == Status.PENDING
         assert kept.attempts == 1  # the first request carried it: its attempt stands
         assert kept.last_error.startswith(CARRIED_NOTE)
+
+
+def test_the_lease_still_covers_a_whole_request_when_a_401_makes_the_worker_ask_verify_auth(
+    database_url: str, engine: Engine, api: RunningFakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # lease = connect + read + margin = 7 s: one request's worth. The 401 took 1.2 s of it.
+    dispatcher = make_dispatcher(database_url, api, batch_size=2, lease_seconds=7.0,
+                                 connect_timeout=0.5, read_timeout=1.5)
+    seed(engine, ["VA-1", "VA-2"], dispatcher.settings)
+    api.state.set_credentials(ACCOUNT, "rotated-key")  # the fake answers 401 at once
+    lease_left: list[float] = []
+    track, verify = dispatcher.client.track_json, dispatcher.client.verify_auth
+
+    def slow_401(events: Any) -> Accepted:
+        try:
+            return track(events)
+        finally:
+            time.sleep(1.2)
+
+    def noting_the_lease() -> Accepted:
+        expires = as_utc(row(engine, "VA-1").lease_expires_at)
+        assert expires is not None
+        lease_left.append((expires - utc_now()).total_seconds())
+        return verify()
+
+    monkeypatch.setattr(dispatcher.client, "track_json", slow_401)
+    monkeypatch.setattr(dispatcher.client, "verify_auth", noting_the_lease)
+    assert dispatcher.run(budget_seconds=0).paused
+    # The check is a request like any other, so the lease is renewed for one: about 7 s
+    # left as it starts, not the 5.8 s the first request left.
+    assert len(lease_left) == 1 and lease_left[0] > 6.5
 
 
 def test_a_claim_that_lost_part_of_its_rows_before_sending_sends_nothing_more(

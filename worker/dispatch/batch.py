@@ -146,6 +146,10 @@ class Claim:
         if first_request and decision.act in (Act.DELIVER, Act.RETRY, Act.PARK):
             self.turn.give(Outcome.SETTLED)  # the claim after may send while this one records
         if decision.act is Act.VERIFY_CREDENTIALS:
+            # A second request before this answer is recorded: the lease must cover it too, or
+            # another worker could take the rows meanwhile. A part lost here is settled by
+            # token (nothing of the other worker's is touched), the rest handed back.
+            self.ledger.renew_for(self.request_needs)
             self.credentials = self._ask_verify_auth()
             decision = decide(error, events=len(items), credentials=self.credentials)
         settled = self.ledger.settle(settlement_for(
